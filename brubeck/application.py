@@ -1,0 +1,112 @@
+"""The Brubeck application: routes, settings, and the loop that serves one connection."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from gevent.pool import Pool
+from jinja2 import Environment
+
+from brubeck.errors import BrubeckError, ConfigurationError
+from brubeck.handlers import MessageHandler
+from brubeck.routing import NoRoute, Router
+from brubeck.types import Connection
+
+log = logging.getLogger("brubeck.application")
+
+Target = TypeVar("Target")
+
+
+class Brubeck:
+    """A Brubeck application: give it a connection and routes, then `run()` it.
+
+    `handler_tuples` is a list of `(regex, HandlerClass_or_function)`; routes match in order, anchored at
+    the start of the path. `template_loader` is a callable returning a Jinja2 environment (see
+    `brubeck.templating.load_jinja2_env`).
+    """
+
+    def __init__(self, msg_conn: Connection | None = None,
+                 handler_tuples: Iterable[tuple[str, Any]] | None = None,
+                 pool: Pool | None = None, no_handler: Callable[..., Any] | None = None,
+                 base_handler: type[MessageHandler] | None = None,
+                 template_loader: Callable[[], Environment] | None = None,
+                 log_level: int = logging.INFO, login_url: str | None = None, db_conn: Any = None,
+                 cookie_secret: str | bytes | None = None, api_base_url: str = "/", **kwargs: Any) -> None:
+        if msg_conn is None:
+            raise ConfigurationError(
+                "Brubeck needs a msg_conn: e.g. Mongrel2Connection('tcp://127.0.0.1:9999', "
+                "'tcp://127.0.0.1:9998') or WSGIConnection(port=6767)")
+        self.msg_conn = msg_conn
+        self.router = Router()
+        for pattern, target in handler_tuples or ():
+            self.add_route_rule(pattern, target)
+        self.pool = pool
+        self.no_handler = no_handler
+        self.base_handler: type[MessageHandler] = base_handler or msg_conn.base_handler
+        self.template_env: Environment | None = template_loader() if template_loader else None
+        self.login_url = login_url
+        self.db_conn = db_conn
+        self.cookie_secret = cookie_secret
+        self.api_base_url = api_base_url
+        self.settings = kwargs
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("brubeck").setLevel(log_level)
+
+    # -- routes -------------------------------------------------------------------------------------
+
+    def add_route_rule(self, pattern: str, kallable: Any, method: str | Sequence[str] | None = None) -> None:
+        """Route `pattern` to a handler class or a function(application, message, ...)."""
+        self.router.add(pattern, kallable, method)
+
+    def add_route(self, url_pattern: str, method: str | Sequence[str] | None = None
+                  ) -> Callable[[Target], Target]:
+        """Decorator form: `@app.add_route('^/hello', method=['GET'])`."""
+
+        def decorator(kallable: Target) -> Target:
+            self.add_route_rule(url_pattern, kallable, method)
+            return kallable
+
+        return decorator
+
+    # -- serving ------------------------------------------------------------------------------------
+
+    def handle(self, message: Any) -> Any:
+        """Route one message and run its handler; returns the response to send, or None for no reply.
+
+        Never raises for a bad message or a failing handler: those become 404/405/500 responses.
+        """
+        try:
+            match = self.router.match(message.path, message.method)
+        except NoRoute as missing:
+            return self._no_route(message, missing)
+        target: Any = match.route.target
+        if isinstance(target, type) and issubclass(target, MessageHandler):
+            try:
+                handler = target(self, message, *match.args, **match.kwargs)
+            except Exception as err:
+                return self.base_handler(self, message).error(err)
+            return handler()
+        try:
+            return target(self, message, *match.args, **match.kwargs)
+        except BrubeckError as err:
+            return self.base_handler(self, message)._error_for(err)
+        except Exception as err:
+            return self.base_handler(self, message).error(err)
+
+    def _no_route(self, message: Any, missing: NoRoute) -> Any:
+        if self.no_handler is not None:
+            return self.no_handler(self, message)
+        handler = self.base_handler(self, message)
+        if missing.allowed:
+            handler.headers["Allow"] = ", ".join(sorted(missing.allowed))
+            return handler.render_error(405)
+        log.info("no route for %s %s", message.method, message.path)
+        return handler.render_error(404)
+
+    def run(self) -> None:
+        """Serve messages from `msg_conn` until it is closed."""
+        log.info("Brubeck serving on %r", self.msg_conn)
+        self.msg_conn.process_messages(self)

@@ -1,0 +1,433 @@
+"""Run a real Mongrel2 in a temporary directory, for tests and local experiments.
+
+    with Mongrel2Server() as m2:
+        pull.connect(m2.send_spec)   # requests arrive here
+        pub.connect(m2.recv_spec)    # responses go here
+        http.client.HTTPConnection("127.0.0.1", m2.http_port)
+
+Strategy: write a one-server, one-handler ``mongrel2.conf`` into the working directory, load it with
+``m2sh load`` and start it with ``m2sh start``. Started as root, Mongrel2 chroots into that directory and
+daemonizes, so the process we spawn is not the server: we find the server through its pid file and decide it
+is ready when that file names a live process and the HTTP port accepts TCP connections. Every path in the
+config (logs, pid file, upload store) is relative to the chroot, so the directory must already hold ``log/``,
+``run/`` and ``tmp/``.
+
+Mongrel2 behaviours this module works around, all seen with Debian's mongrel2-core 1.12.2:
+
+- ``m2sh`` wants a ``LOGNAME`` environment variable; we set one if the caller's environment lacks it.
+- The daemon inherits ``m2sh``'s stdout and stderr, so reading them through pipes would block until the
+  server exits. ``m2sh``'s output therefore goes to a file, ``m2sh.log`` in the working directory.
+- ``m2sh start`` exits 0 even when the server fails to start (say, the HTTP port is taken); the reason is only
+  in that output, so we look for Mongrel2's fatal messages there and in ``log/error.log`` while we wait.
+- A handler whose ``send_spec`` cannot be bound does not stop the server: Mongrel2 retries for about ten
+  seconds and then drops the handler while still serving HTTP. We check that loopback TCP handler ports are
+  free before starting and treat a failed handler bind in the log as a failed start.
+- A graceful ``m2sh stop`` takes a second or two; when it is not enough we signal the pid ourselves.
+- Killed daemons are reaped by init, not by us, so a zombie counts as gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit
+
+__all__ = ["Mongrel2Error", "Mongrel2Server", "free_port", "mongrel2_available"]
+
+MONGREL2 = "mongrel2"
+M2SH = "m2sh"
+HOST = "localhost"
+PROTOCOLS = ("json", "tnetstring")
+
+_CONFIG = "mongrel2.conf"
+_DB = "config.sqlite"
+_M2SH_LOG = "m2sh.log"
+_ERROR_LOG = "log/error.log"
+_PID_FILE = "run/mongrel2.pid"
+_CHROOT_DIRS = ("log", "run", "tmp")
+
+# Seconds given to one m2sh command, to a graceful stop, and to each signal after it.
+_COMMAND_TIMEOUT = 10.0
+_GRACEFUL_STOP = 5.0
+_SIGNAL_WAIT = 3.0
+
+# Lines Mongrel2 writes when it will not serve: a fatal start error, or a handler it could not bind.
+_FATAL_MARKERS = (
+    "Exiting due to error",
+    "Aborting since",
+    "Failed to bind send socket",
+    "Failed to bind recv socket",
+    "HANDLER TASK DIED",
+)
+
+
+class Mongrel2Error(RuntimeError):
+    """Mongrel2 could not be configured, started or stopped; the message holds the tail of its logs."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def mongrel2_available() -> bool:
+    """True when both ``mongrel2`` and ``m2sh`` are on ``PATH``."""
+    return shutil.which(MONGREL2) is not None and shutil.which(M2SH) is not None
+
+
+class Mongrel2Server:
+    """A real Mongrel2 routing ``/`` on host ``localhost`` (the default host) to one handler.
+
+    Every argument is optional: ports default to free loopback ports, ``send_spec`` and ``recv_spec`` to
+    ``tcp://127.0.0.1:<free port>``, ``send_ident`` to a fresh UUID (the first word of every request) and
+    ``workdir`` to a fresh temporary directory that :meth:`stop` removes (a directory you pass is kept).
+    ``protocol`` is the handler's header encoding, ``"json"`` or ``"tnetstring"``. ``limits`` adds
+    settings such as ``{"limits.content_length": 1024}``; ``upload_temp_store`` sets ``upload.temp_store``,
+    a ``mkstemp`` template relative to the chroot such as ``"/tmp/upload.XXXXXX"``.
+
+    The server listens on 127.0.0.1 only. It must run as root to chroot; that is the only setup tested.
+    """
+
+    def __init__(
+        self,
+        *,
+        workdir: str | os.PathLike[str] | None = None,
+        http_port: int | None = None,
+        send_spec: str | None = None,
+        recv_spec: str | None = None,
+        send_ident: str | None = None,
+        protocol: str = "json",
+        limits: dict[str, int] | None = None,
+        upload_temp_store: str | None = None,
+        start_timeout: float = 10.0,
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+        self.http_port: int = http_port if http_port is not None else free_port()
+        self.send_spec: str = send_spec if send_spec is not None else f"tcp://127.0.0.1:{free_port()}"
+        self.recv_spec: str = recv_spec if recv_spec is not None else f"tcp://127.0.0.1:{free_port()}"
+        self.send_ident: str = send_ident if send_ident is not None else str(uuid.uuid4())
+        self.recv_ident: str = ""
+        self.server_uuid: str = str(uuid.uuid4())
+        self.protocol: str = protocol
+        self.limits: dict[str, int] = dict(limits or {})
+        self.upload_temp_store: str | None = upload_temp_store
+        self.start_timeout: float = start_timeout
+        self.url: str = f"http://127.0.0.1:{self.http_port}"
+        self._owns_workdir = workdir is None
+        self.workdir: Path = (
+            Path(tempfile.mkdtemp(prefix="mongrel2-")) if workdir is None else Path(workdir)
+        ).resolve()
+        self._pid: int | None = None
+        self._started = False
+        self._error_log_offset = 0
+
+    # -- configuration ------------------------------------------------------------------------------------
+
+    def config_text(self) -> str:
+        """The ``mongrel2.conf`` that :meth:`start` writes."""
+        settings: dict[str, int | str] = {"zeromq.threads": 1}
+        settings.update(self.limits)
+        if self.upload_temp_store is not None:
+            settings["upload.temp_store"] = self.upload_temp_store
+        settings_text = ", ".join(f"{_quote(key)}: {_value(value)}" for key, value in settings.items())
+        return (
+            f"handler = Handler(send_spec={_quote(self.send_spec)}, send_ident={_quote(self.send_ident)},\n"
+            f"                  recv_spec={_quote(self.recv_spec)}, recv_ident={_quote(self.recv_ident)},\n"
+            f"                  protocol={_quote(self.protocol)})\n"
+            f"main = Server(uuid={_quote(self.server_uuid)}, name='main',\n"
+            f"              chroot={_quote(str(self.workdir))},\n"
+            f"              access_log='/log/access.log', error_log='/{_ERROR_LOG}',\n"
+            f"              pid_file='/{_PID_FILE}', default_host={_quote(HOST)},\n"
+            f"              bind_addr='127.0.0.1', port={self.http_port},\n"
+            f"              hosts=[Host(name={_quote(HOST)}, routes={{'/': handler}})])\n"
+            f"settings = {{{settings_text}}}\n"
+            "servers = [main]\n"
+        )
+
+    @property
+    def pid_file(self) -> Path:
+        """Where the running server writes its pid (inside the chroot)."""
+        return self.workdir / _PID_FILE
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid once :meth:`start` has returned, else None."""
+        return self._pid
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Configure and start Mongrel2; return once it serves HTTP, or raise :class:`Mongrel2Error`."""
+        if self._started:
+            return self
+        try:
+            self._launch()
+            self._pid = self._wait_until_ready()
+        except Mongrel2Error as exc:
+            # Read the logs before stop() removes the directory that holds them.
+            logs = self._log_tail()
+            self._abandon()
+            raise Mongrel2Error(f"{exc}\n{logs}" if logs else str(exc)) from None
+        except BaseException:
+            self._abandon()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the server and wait until its process is gone; safe to call more than once."""
+        if not self._started:
+            self._remove_workdir()
+            return
+        pid = self._pid if self._pid is not None else self._read_pid()
+        if (self.workdir / _DB).exists():
+            with contextlib.suppress(Mongrel2Error):
+                self._m2sh("stop", "-db", _DB, "-uuid", self.server_uuid, check=False)
+        if pid is not None and not _wait_gone(pid, _GRACEFUL_STOP):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if _is_mongrel2(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                if _wait_gone(pid, _SIGNAL_WAIT):
+                    break
+            else:
+                raise Mongrel2Error(f"mongrel2 pid {pid} survived SIGKILL")
+        self.pid_file.unlink(missing_ok=True)
+        self._pid = None
+        self._started = False
+        self._remove_workdir()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Mongrel2Server {self.url} send={self.send_spec} recv={self.recv_spec} pid={self._pid}>"
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _m2sh(self, *args: str, check: bool = True) -> None:
+        env = dict(os.environ)
+        if not env.get("LOGNAME"):
+            env["LOGNAME"] = _login_name()
+        with (self.workdir / _M2SH_LOG).open("ab") as log:
+            try:
+                result = subprocess.run(  # noqa: S603 - fixed binary, arguments we built
+                    [M2SH, *args],
+                    cwd=self.workdir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    timeout=_COMMAND_TIMEOUT,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                raise Mongrel2Error(f"m2sh {args[0]} did not finish in {_COMMAND_TIMEOUT}s") from None
+        if check and result.returncode != 0:
+            raise Mongrel2Error(f"m2sh {args[0]} exited with status {result.returncode}")
+
+    def _launch(self) -> None:
+        if not mongrel2_available():
+            raise Mongrel2Error(f"{MONGREL2} and {M2SH} must both be on PATH")
+        self._check_handler_ports()
+        for name in _CHROOT_DIRS:
+            (self.workdir / name).mkdir(parents=True, exist_ok=True)
+        self._clear_stale_pid_file()
+        (self.workdir / _CONFIG).write_text(self.config_text())
+        # Judge only what this start writes: a reused workdir may hold logs of an earlier failure.
+        (self.workdir / _M2SH_LOG).write_bytes(b"")
+        self._error_log_offset = _size(self.workdir / _ERROR_LOG)
+        self._started = True
+        self._m2sh("load", "-config", _CONFIG, "-db", _DB)
+        self._m2sh("start", "-db", _DB, "-uuid", self.server_uuid)
+
+    def _wait_until_ready(self) -> int:
+        deadline = time.monotonic() + self.start_timeout
+        delay = 0.005
+        while True:
+            fatal = self._fatal_line()
+            if fatal is not None:
+                raise Mongrel2Error(f"mongrel2 failed to start: {fatal}")
+            pid = self._read_pid()
+            if pid is not None and not _alive(pid):
+                raise Mongrel2Error(f"mongrel2 pid {pid} exited during start")
+            if pid is not None and _accepts(self.http_port) and self._handlers_bound():
+                return pid
+            if time.monotonic() >= deadline:
+                raise Mongrel2Error(
+                    f"mongrel2 not serving on port {self.http_port} after {self.start_timeout}s"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _check_handler_ports(self) -> None:
+        for spec in (self.send_spec, self.recv_spec):
+            parts = urlsplit(spec)
+            if parts.scheme != "tcp" or parts.hostname not in ("127.0.0.1", "localhost") or not parts.port:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                # Mongrel2's zmq binds with SO_REUSEADDR too, so a port in TIME_WAIT is not "taken".
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("127.0.0.1", parts.port))
+                except OSError as exc:
+                    raise Mongrel2Error(f"handler port for {spec} is not free: {exc}") from None
+
+    def _clear_stale_pid_file(self) -> None:
+        pid = self._read_pid()
+        if pid is not None and _alive(pid) and _is_mongrel2(pid):
+            raise Mongrel2Error(f"a mongrel2 (pid {pid}) already runs in {self.workdir}")
+        self.pid_file.unlink(missing_ok=True)
+
+    def _abandon(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+
+    def _new_log_lines(self, name: str) -> list[str]:
+        offset = self._error_log_offset if name == _ERROR_LOG else 0
+        return _read_lines(self.workdir / name, offset)
+
+    def _handlers_bound(self) -> bool:
+        """Whether Mongrel2 has bound the handler sockets we can observe (loopback TCP and ipc)."""
+        for spec in (self.send_spec, self.recv_spec):
+            parts = urlsplit(spec)
+            if parts.scheme == "tcp" and parts.hostname in ("127.0.0.1", "localhost") and parts.port:
+                if not _accepts(parts.port):
+                    return False
+            elif parts.scheme == "ipc":
+                # Mongrel2 binds after chrooting, so the socket path is inside the workdir.
+                path = spec.removeprefix("ipc://").lstrip("/")
+                if not (self.workdir / path).exists():
+                    return False
+        return True
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _fatal_line(self) -> str | None:
+        for name in (_M2SH_LOG, _ERROR_LOG):
+            for line in self._new_log_lines(name):
+                if any(marker in line for marker in _FATAL_MARKERS):
+                    return line
+        return None
+
+    def _log_tail(self, lines: int = 20) -> str:
+        parts = []
+        for name in (_M2SH_LOG, _ERROR_LOG):
+            tail = self._new_log_lines(name)[-lines:]
+            if tail:
+                parts.append(f"--- {name} ---\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    def _remove_workdir(self) -> None:
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _quote(text: str) -> str:
+    # m2sh's config grammar has no string escapes, so refuse what it could not read back.
+    if any(ch in text for ch in "'\"\\\n\r"):
+        raise ValueError(f"cannot put {text!r} in a mongrel2.conf string")
+    return f"'{text}'"
+
+
+def _value(value: int | str) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"mongrel2 settings take int or str values, not {value!r}")
+    return str(value) if isinstance(value, int) else _quote(value)
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "root" if os.geteuid() == 0 else str(os.geteuid())
+
+
+def _read_lines(path: Path, offset: int = 0) -> list[str]:
+    try:
+        with path.open("rb") as file:
+            file.seek(offset)
+            return file.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid runs; a zombie is dead (init, not us, reaps the daemon)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    # Format: "pid (comm) state ..."; comm may contain spaces and parentheses, so split after the last ")".
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def _is_mongrel2(pid: int) -> bool:
+    """Guard against signalling a recycled pid: the process must be mongrel2 (or /proc is unreadable)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return MONGREL2.encode() in cmdline.split(b"\0", 1)[0]
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return True

@@ -1,0 +1,1 @@
+"""Transports: how messages reach a Brubeck application and how its replies leave."""

@@ -1,0 +1,130 @@
+"""Serving an application behind Mongrel2 over ZeroMQ (zmq.green): PULL requests, PUB replies.
+
+Mongrel2 binds both sockets; we connect. Each request is served in its own greenlet (from the
+application's pool when it has one), so a slow handler never holds up the others. A frame that does not
+parse is logged and, when its sender and connection id can be read, answered with 400.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import zmq.green as zmq
+
+from brubeck.errors import ProtocolError
+from brubeck.request import Request
+from brubeck.response import HTTPResponse
+from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection
+from brubeck.wire.mongrel2 import MAX_REPLY_TARGETS, build_reply
+
+if TYPE_CHECKING:
+    from brubeck.application import Brubeck
+
+log = logging.getLogger("brubeck.mongrel2")
+
+
+class Mongrel2Connection(WebConnection):
+    """`Mongrel2Connection(pull_addr, pub_addr)`: Mongrel2's handler `send_spec` and `recv_spec`."""
+
+    def __init__(self, pull_addr: str, pub_addr: str, *,
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None,
+                 max_body_size: int | None = DEFAULT_MAX_BODY_SIZE) -> None:
+        super().__init__(max_body_size)
+        self.pull_addr, self.pub_addr = pull_addr, pub_addr
+        self._own_context = context is None
+        self.context = context if context is not None else zmq.Context()
+        self.in_sock = self.context.socket(zmq.PULL)
+        self.out_sock = self.context.socket(zmq.PUB)
+        for sock in (self.in_sock, self.out_sock):
+            sock.setsockopt(zmq.LINGER, 1000)
+        self.in_sock.connect(pull_addr)
+        self.out_sock.connect(pub_addr)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Mongrel2Connection({self.pull_addr!r}, {self.pub_addr!r})"
+
+    # -- receiving ----------------------------------------------------------------------------------
+
+    def process_messages(self, application: Brubeck) -> None:
+        spawn = application.pool.spawn if application.pool is not None else gevent.spawn
+        recv = self.in_sock.recv
+        while not self._closed:
+            try:
+                raw = recv()
+            except zmq.ZMQError:
+                if self._closed:
+                    break
+                raise
+            spawn(self.serve, application, raw)
+
+    def serve(self, application: Brubeck, raw: bytes) -> None:
+        """Handle one raw Mongrel2 frame: parse, route, reply. Never raises."""
+        try:
+            request = Request.parse_msg(raw)
+        except ProtocolError as err:
+            log.warning("malformed Mongrel2 message (%d bytes): %s", len(raw), err)
+            self._reject(raw, 400)
+            return
+        try:
+            if request.is_disconnect():
+                return
+            if request.is_upload_start():
+                log.debug("upload started for %r; waiting for upload-done", request)
+                return
+            if self.too_large(len(request.body)):
+                log.warning("refusing %d-byte body from %r", len(request.body), request)
+                self.reply(request, application.base_handler(application, request).render_error(413))
+                return
+            response = application.handle(request)
+            if response is not None:
+                self.reply(request, response)
+        except Exception:
+            log.exception("failed to answer %r", request)
+
+    def _reject(self, raw: bytes, status_code: int) -> None:
+        parts = raw.split(b" ", 2)
+        if len(parts) >= 2 and parts[0] and parts[1].isdigit():
+            body = HTTPResponse(f"{status_code} Bad Request\n", status_code, None,
+                                [("Content-Type", "text/plain"), ("Connection", "close")])
+            self.deliver(parts[0], [parts[1].decode()], body)
+            self.deliver(parts[0], [parts[1].decode()], b"")
+
+    # -- sending ------------------------------------------------------------------------------------
+
+    def deliver(self, sender: str | bytes, conn_ids: Iterable[str | int], data: bytes | str) -> None:
+        """Send `data` to connections of one Mongrel2 server, in chunks of its target limit."""
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        ids = list(conn_ids)
+        for start in range(0, len(ids), MAX_REPLY_TARGETS):
+            self.out_sock.send(build_reply(sender, ids[start:start + MAX_REPLY_TARGETS], payload))
+
+    def send(self, uuid: str | bytes, conn_id: str | int, msg: bytes | str) -> None:
+        """Brubeck 0.4 name: send `msg` to one connection."""
+        self.deliver(uuid, [conn_id], msg)
+
+    def reply_bulk(self, uuid: str | bytes, idents: Iterable[str | int], data: bytes | str) -> None:
+        """Brubeck 0.4 name: send the same `data` to many connections."""
+        self.deliver(uuid, idents, data)
+
+    def reply(self, message: Any, response: Any) -> None:
+        """Answer `message`, then close its connection when the client asked for that (or is HTTP/1.0)."""
+        self.deliver(message.sender, [message.conn_id], response)
+        if message.should_close():
+            self.deliver(message.sender, [message.conn_id], b"")
+
+    def close_connection(self, message: Any) -> None:
+        """Ask Mongrel2 to close the client connection `message` came from."""
+        self.deliver(message.sender, [message.conn_id], b"")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.in_sock.close()
+        self.out_sock.close()
+        if self._own_context:
+            self.context.term()

@@ -1,0 +1,147 @@
+"""Serving an application over gevent's WSGI server, so an app runs with or without Mongrel2.
+
+The environ is turned into the same `Request` Mongrel2 messages become (Mongrel2's header shape). A handler
+that returns None answers later through `connection.reply(message, response)`, as behind Mongrel2; the
+WSGI request waits for that reply up to `reply_timeout` seconds, then gets a 504.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from gevent import Timeout
+from gevent.event import AsyncResult
+from gevent.pywsgi import WSGIServer
+
+from brubeck.request import Request
+from brubeck.response import HTTPResponse
+from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection
+from brubeck.wire.mongrel2 import HeaderValue
+
+if TYPE_CHECKING:
+    from brubeck.application import Brubeck
+
+log = logging.getLogger("brubeck.wsgi")
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+SENDER = "wsgi"
+
+
+def headers_from_environ(environ: dict[str, Any]) -> dict[str, HeaderValue]:
+    """Mongrel2-shaped headers from a WSGI environ: lowercased client headers plus PATH, METHOD, ..."""
+    headers: dict[str, HeaderValue] = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            headers[key[5:].replace("_", "-").lower()] = value
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if environ.get(key):
+            headers[key.replace("_", "-").lower()] = environ[key]
+    # PEP 3333 decodes the path as latin-1; re-encode to get the bytes the client sent back.
+    path = quote(environ.get("PATH_INFO", "/").encode("latin-1"), safe="/:@!$&'()*+,;=-._~")
+    query = environ.get("QUERY_STRING", "")
+    headers.update({
+        "PATH": path,
+        "METHOD": environ.get("REQUEST_METHOD", "GET"),
+        "VERSION": environ.get("SERVER_PROTOCOL", "HTTP/1.1"),
+        "URI": f"{path}?{query}" if query else path,
+        "QUERY": query,
+        "REMOTE_ADDR": environ.get("REMOTE_ADDR", ""),
+        "URL_SCHEME": environ.get("wsgi.url_scheme", "http"),
+    })
+    return headers
+
+
+class WSGIConnection(WebConnection):
+    """`WSGIConnection(port=6767)`: serve the application over HTTP directly with gevent.pywsgi."""
+
+    def __init__(self, port: int = 6767, host: str = "127.0.0.1", *,
+                 max_body_size: int | None = DEFAULT_MAX_BODY_SIZE, reply_timeout: float = 60.0,
+                 log_requests: bool = False) -> None:
+        super().__init__(max_body_size)
+        self.port, self.host = port, host
+        self.reply_timeout = reply_timeout
+        self.log_requests = log_requests
+        self.application: Brubeck | None = None
+        self.server: WSGIServer | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[str, AsyncResult] = {}
+
+    def __repr__(self) -> str:
+        return f"WSGIConnection(port={self.port}, host={self.host!r})"
+
+    def process_messages(self, application: Brubeck) -> None:
+        self.start(application)
+        assert self.server is not None
+        self.server.serve_forever()
+
+    def start(self, application: Brubeck) -> None:
+        """Start listening without blocking (tests, embedding); `process_messages` also blocks."""
+        self.application = application
+        spawn = application.pool if application.pool is not None else "default"
+        self.server = WSGIServer((self.host, self.port), self, spawn=spawn,
+                                 log="default" if self.log_requests else None)
+        self.server.start()
+        self.port = self.server.server_port
+
+    def _read_request(self, environ: dict[str, Any]) -> Request | int:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return 400
+        if length < 0:
+            return 400
+        if self.too_large(length):
+            return 413
+        body = environ["wsgi.input"].read(length) if length else b""
+        headers = headers_from_environ(environ)
+        return Request(SENDER, str(next(self._ids)), str(headers["PATH"]), headers, body)
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        app = self.application
+        if app is None:
+            raise RuntimeError("WSGIConnection used before start()")
+        request = self._read_request(environ)
+        if isinstance(request, int):
+            log.warning("refusing request %s %s: %d", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
+                        request)
+            dummy = Request(SENDER, "0", environ.get("PATH_INFO", "/"), headers_from_environ(environ), b"")
+            return self._respond(app.base_handler(app, dummy).render_error(request), start_response)
+        slot: AsyncResult = AsyncResult()
+        self._pending[request.conn_id] = slot
+        try:
+            response = app.handle(request)
+            if response is None:
+                response = slot.get(timeout=self.reply_timeout)
+        except Timeout:
+            log.warning("no reply for %r within %.1fs", request, self.reply_timeout)
+            response = app.base_handler(app, request).render_error(504)
+        finally:
+            self._pending.pop(request.conn_id, None)
+        return self._respond(response, start_response)
+
+    @staticmethod
+    def _respond(response: Any, start_response: StartResponse) -> list[bytes]:
+        try:
+            http = HTTPResponse.from_bytes(response)
+        except ValueError:
+            log.error("handler returned something that is not an HTTP response: %.60r", response)
+            http = HTTPResponse(b"500 Internal Server Error\n", 500)
+        start_response(f"{http.status_code} {http.status_msg}",
+                       [*http.headers, ("Content-Length", str(len(http.body)))])
+        return [http.body]
+
+    def reply(self, message: Any, response: Any) -> None:
+        """Answer a request whose handler returned None (a deferred reply)."""
+        slot = self._pending.get(message.conn_id)
+        if slot is None:
+            log.warning("reply for %r dropped: the request is no longer waiting", message)
+            return
+        slot.set(response)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop(timeout=1)

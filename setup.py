@@ -1,0 +1,5 @@
+"""Thin shim: metadata and tool configuration live in pyproject.toml."""
+
+from setuptools import setup
+
+setup()
