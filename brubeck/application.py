@@ -51,6 +51,8 @@ class Brubeck:
         self.cookie_secret = cookie_secret
         self.api_base_url = api_base_url
         self.settings = kwargs
+        #: Per-application state of extensions (e.g. brubeckservice's registered services).
+        self.extensions: dict[str, Any] = {}
         if not logging.getLogger().handlers:
             logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("brubeck").setLevel(log_level)
@@ -73,33 +75,35 @@ class Brubeck:
 
     # -- serving ------------------------------------------------------------------------------------
 
-    def handle(self, message: Any) -> Any:
+    def handle(self, message: Any, base_handler: type[MessageHandler] | None = None) -> Any:
         """Route one message and run its handler; returns the response to send, or None for no reply.
 
-        Never raises for a bad message or a failing handler: those become 404/405/500 responses.
+        Never raises for a bad message or a failing handler: those become 404/405/500 responses, built by
+        `base_handler` (default: the application's, which comes from its connection).
         """
+        base = base_handler or self.base_handler
         try:
             match = self.router.match(message.path, message.method)
         except NoRoute as missing:
-            return self._no_route(message, missing)
+            return self._no_route(message, missing, base)
         target: Any = match.route.target
         if isinstance(target, type) and issubclass(target, MessageHandler):
             try:
                 handler = target(self, message, *match.args, **match.kwargs)
             except Exception as err:
-                return self.base_handler(self, message).error(err)
+                return base(self, message).error(err)
             return handler()
         try:
             return target(self, message, *match.args, **match.kwargs)
         except BrubeckError as err:
-            return self.base_handler(self, message)._error_for(err)
+            return base(self, message)._error_for(err)
         except Exception as err:
-            return self.base_handler(self, message).error(err)
+            return base(self, message).error(err)
 
-    def _no_route(self, message: Any, missing: NoRoute) -> Any:
+    def _no_route(self, message: Any, missing: NoRoute, base: type[MessageHandler]) -> Any:
         if self.no_handler is not None:
             return self.no_handler(self, message)
-        handler = self.base_handler(self, message)
+        handler = base(self, message)
         if missing.allowed:
             handler.headers["Allow"] = ", ".join(sorted(missing.allowed))
             return handler.render_error(405)

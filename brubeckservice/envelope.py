@@ -1,0 +1,204 @@
+"""The service wire protocol, version 1 (docs/protocol.md), as pure functions: frames <-> values.
+
+Every message is one ZeroMQ multipart message of six frames (after the routing frames a ROUTER adds)::
+
+    0 marker   b"BRS1"                         protocol name and version
+    1 kind     b"REQ" | b"REP" | b"PING" | b"PONG" | b"ERR"
+    2 id       1..64 bytes                     correlation id, chosen by the caller, echoed in the answer
+    3 header   JSON object (UTF-8)             ts (ms since epoch) and the kind's fields
+    4 body     JSON                            REQ: the arguments object; REP: the payload
+    5 mac      32 bytes                        HMAC-SHA256 over frames 0-4 (see signing.py); empty for ERR
+
+Nothing here reads a clock or touches a socket: callers pass `now_ms` in and send the frames themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from brubeckservice.errors import AuthenticationError, ProtocolError
+from brubeckservice.models import ServiceRequest, ServiceResponse
+from brubeckservice.signing import ReplayGuard, Signer
+
+MARKER = b"BRS1"
+REQ, REP, PING, PONG, ERR = b"REQ", b"REP", b"PING", b"PONG", b"ERR"
+KINDS = frozenset({REQ, REP, PING, PONG, ERR})
+FRAMES = 6
+MAX_ID_SIZE = 64
+
+
+class RequestHeader(msgspec.Struct, kw_only=True, omit_defaults=True):
+    ts: int
+    sid: str
+    seq: int
+    path: str
+    method: str = "request"
+    headers: dict[str, str] = {}
+    conn_id: str = ""
+    deadline: int | None = None
+
+
+class ReplyHeader(msgspec.Struct, kw_only=True, omit_defaults=True):
+    ts: int
+    status: int
+    msg: str = ""
+    path: str = ""
+    method: str = "response"
+    headers: dict[str, str] = {}
+    conn_id: str = ""
+
+
+class ControlHeader(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """PING, PONG and ERR headers: a timestamp, and for ERR/PONG a status and message."""
+
+    ts: int
+    status: int = 200
+    msg: str = ""
+
+
+_encode = msgspec.json.Encoder().encode
+_request_header = msgspec.json.Decoder(RequestHeader).decode
+_reply_header = msgspec.json.Decoder(ReplyHeader).decode
+_control_header = msgspec.json.Decoder(ControlHeader).decode
+_arguments = msgspec.json.Decoder(dict[str, Any]).decode
+_any = msgspec.json.Decoder().decode
+
+
+@dataclass(slots=True)
+class Envelope:
+    """A structurally valid message whose signature has not been checked yet."""
+
+    kind: bytes
+    msg_id: bytes
+    header: bytes
+    body: bytes
+    mac: bytes
+
+    @property
+    def signed_frames(self) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        return (MARKER, self.kind, self.msg_id, self.header, self.body)
+
+
+# -- building -----------------------------------------------------------------------------------------
+
+def _seal(signer: Signer, kind: bytes, msg_id: bytes, header: bytes, body: bytes) -> list[bytes]:
+    frames = [MARKER, kind, msg_id, header, body]
+    frames.append(signer.sign(frames))
+    return frames
+
+
+def encode_request(signer: Signer, msg_id: bytes, request: ServiceRequest, now_ms: int, sid: str,
+                   seq: int) -> list[bytes]:
+    """A signed REQ. `sid` names the calling session and `seq` numbers its requests (for replay checks)."""
+    header = RequestHeader(ts=now_ms, sid=sid, seq=seq, path=request.path, method=request.method, headers=request.headers,
+                           conn_id=request.conn_id, deadline=request.deadline)
+    return _seal(signer, REQ, msg_id, _encode(header), _encode(request.arguments))
+
+
+def encode_reply(signer: Signer, msg_id: bytes, response: ServiceResponse, now_ms: int) -> list[bytes]:
+    header = ReplyHeader(ts=now_ms, status=response.status_code, msg=response.status_msg, path=response.path,
+                         method=response.method, headers=response.headers, conn_id=response.conn_id)
+    return _seal(signer, REP, msg_id, _encode(header), _encode(response.body))
+
+
+def encode_ping(signer: Signer, msg_id: bytes, now_ms: int) -> list[bytes]:
+    return _seal(signer, PING, msg_id, _encode(ControlHeader(ts=now_ms)), b"{}")
+
+
+def encode_pong(signer: Signer, msg_id: bytes, now_ms: int, info: dict[str, Any]) -> list[bytes]:
+    return _seal(signer, PONG, msg_id, _encode(ControlHeader(ts=now_ms)), _encode(info))
+
+
+def encode_error(msg_id: bytes, status: int, msg: str, now_ms: int) -> list[bytes]:
+    """An unsigned rejection (the sender's key may be the very thing that is wrong). It carries no data."""
+    return [MARKER, ERR, msg_id, _encode(ControlHeader(ts=now_ms, status=status, msg=msg)), b"", b""]
+
+
+# -- reading ------------------------------------------------------------------------------------------
+
+def split_routing(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Split what a ROUTER received into (routing frames, envelope frames): the envelope is the last six."""
+    if len(frames) < FRAMES + 1:
+        raise ProtocolError(f"expected routing frames and {FRAMES} envelope frames, got {len(frames)} frames")
+    return frames[:-FRAMES], frames[-FRAMES:]
+
+
+def parse(frames: list[bytes]) -> Envelope:
+    """Check the envelope's shape; raise `ProtocolError` with the reason when it is wrong."""
+    if len(frames) != FRAMES:
+        raise ProtocolError(f"expected {FRAMES} frames, got {len(frames)}")
+    marker, kind, msg_id, header, body, mac = frames
+    if marker != MARKER:
+        if marker[:3] == MARKER[:3]:
+            raise ProtocolError(f"unsupported protocol version {marker!r}; this side speaks {MARKER!r}")
+        raise ProtocolError(f"not a brubeck-service message (first frame {marker[:16]!r})")
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown message kind {kind[:16]!r}")
+    if not 0 < len(msg_id) <= MAX_ID_SIZE:
+        raise ProtocolError(f"correlation id must be 1..{MAX_ID_SIZE} bytes, got {len(msg_id)}")
+    return Envelope(bytes(kind), bytes(msg_id), bytes(header), bytes(body), bytes(mac))
+
+
+def _authenticate(envelope: Envelope, signer: Signer) -> None:
+    if not signer.verify(envelope.signed_frames, envelope.mac):
+        raise AuthenticationError("bad or missing signature")
+
+
+def _fresh(timestamp: int, now_ms: int, window_ms: int) -> None:
+    if abs(now_ms - timestamp) > window_ms:
+        raise AuthenticationError(f"timestamp is {abs(now_ms - timestamp) / 1000:.1f}s from this host's clock")
+
+
+def open_request(envelope: Envelope, signer: Signer, now_ms: int, guard: ReplayGuard) -> ServiceRequest:
+    """The request inside a REQ envelope, after checking its signature, age and uniqueness.
+
+    Raises `AuthenticationError` (forged, unsigned, stale, replayed) or `ProtocolError` (a field of the
+    wrong type: the peer holds the key, so it is a bug there, not an attack).
+    """
+    _authenticate(envelope, signer)
+    try:
+        header = _request_header(envelope.header)
+        arguments = _arguments(envelope.body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"request: {exc}") from None
+    problem = guard.check(header.sid, header.seq, header.ts, now_ms)
+    if problem is not None:
+        raise AuthenticationError(problem)
+    return ServiceRequest(path=header.path, method=header.method, arguments=arguments, headers=header.headers,
+                          conn_id=header.conn_id, timestamp=header.ts, deadline=header.deadline,
+                          body=envelope.body, msg_id=envelope.msg_id)
+
+
+def open_reply(envelope: Envelope, signer: Signer, now_ms: int, window_ms: int) -> ServiceResponse:
+    """The response inside a REP envelope, after checking its signature and age.
+
+    Replays need no more than that: the caller accepts one reply per outstanding correlation id.
+    """
+    _authenticate(envelope, signer)
+    try:
+        header = _reply_header(envelope.header)
+        body = _any(envelope.body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"reply: {exc}") from None
+    _fresh(header.ts, now_ms, window_ms)
+    return ServiceResponse(status_code=header.status, status_msg=header.msg, body=body, path=header.path,
+                           method=header.method, headers=header.headers, conn_id=header.conn_id,
+                           timestamp=header.ts, msg_id=envelope.msg_id)
+
+
+def open_control(envelope: Envelope, signer: Signer | None, now_ms: int,
+                 window_ms: int) -> tuple[ControlHeader, Any]:
+    """The header and body of a PING, PONG (signed: pass the signer) or ERR (unsigned: pass None)."""
+    if signer is not None:
+        _authenticate(envelope, signer)
+    try:
+        header = _control_header(envelope.header)
+        body = _any(envelope.body) if envelope.body else None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"control message: {exc}") from None
+    if signer is not None:
+        _fresh(header.ts, now_ms, window_ms)
+    return header, body

@@ -1,0 +1,64 @@
+"""The one error root of brubeckservice, split by who is at fault, each with its HTTP status hint.
+
+`ServiceError` derives from `brubeck.errors.BrubeckError`, so a web handler that lets one escape answers
+its client with the class's status (504 for a timeout, 503 for an unreachable service, ...). A failure
+inside the remote service crosses the wire as data (status, type name, message), never as an object.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from brubeck.errors import BrubeckError
+from brubeck.errors import ProtocolError as BrubeckProtocolError
+
+if TYPE_CHECKING:
+    from brubeckservice.models import ServiceResponse
+
+
+class ServiceError(BrubeckError):
+    """Root of every error raised by brubeckservice."""
+
+    status_code: int = HTTPStatus.BAD_GATEWAY
+
+
+class ServiceTimeout(ServiceError):
+    """The service did not answer within the call's timeout. The call is forgotten; a late reply is dropped."""
+
+    status_code = HTTPStatus.GATEWAY_TIMEOUT
+
+
+class ServiceUnavailable(ServiceError):
+    """No connection to the service could be had, or it was lost while the call was in flight."""
+
+    status_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class AuthenticationError(ServiceError):
+    """The service rejected our signature (wrong passphrase), or a message failed verification."""
+
+    status_code = HTTPStatus.BAD_GATEWAY
+
+
+class RequestTooLarge(ServiceError):
+    """The encoded request is larger than the client's `max_message_size`; it was not sent."""
+
+    status_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class ProtocolError(ServiceError, BrubeckProtocolError):
+    """A service message that does not follow the wire protocol (docs/protocol.md)."""
+
+    status_code = HTTPStatus.BAD_REQUEST
+
+
+class RemoteServiceError(ServiceError):
+    """The service answered with an error status; `response` holds its reply (type and message included)."""
+
+    def __init__(self, response: ServiceResponse) -> None:
+        self.response = response
+        self.status_code = response.status_code
+        error = response.body.get("error") if isinstance(response.body, dict) else None
+        detail = f" ({error.get('type')}: {error.get('message')})" if isinstance(error, dict) else ""
+        super().__init__(f"{response.status_code} {response.status_msg} from {response.path}{detail}")

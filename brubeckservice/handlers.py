@@ -1,0 +1,82 @@
+"""`ServiceMessageHandler`: handlers for service requests (on the service) and replies (on the client).
+
+On a service, `self.message` is the `ServiceRequest`; the handler fills the payload, sets its status and
+`self.headers = {"METHOD": "response"}` (the METHOD its reply is routed to on the client) and returns
+`self.render()`, which the service's connection sends back. On a client, a reply is routed through the
+client app's own handlers the same way; there `self.message` is the `ServiceResponse` and the handler
+starts with its status and payload.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from brubeck.handlers import MessageHandler
+from brubeckservice.models import ServiceResponse
+
+if TYPE_CHECKING:
+    from brubeck.application import Brubeck
+
+log = logging.getLogger("brubeckservice.handlers")
+
+SERVICE_METHODS = ("get", "post", "put", "delete", "options", "connect", "response", "request")
+
+
+class ServiceMessageHandler(MessageHandler):
+    """Base class for service handlers; METHODs: get, post, put, delete, options, connect, response,
+    request. Status codes are HTTP-like and default to 500 until the handler earns success."""
+
+    SUPPORTED_METHODS: ClassVar[tuple[str, ...]] = SERVICE_METHODS
+
+    _DEFAULT_STATUS = 500
+    _SUCCESS_CODE = 200
+    _UPDATED_CODE = 200
+    _CREATED_CODE = 201
+    _MULTI_CODE = 207
+    _FAILED_CODE = 400
+    _AUTH_FAILURE = 401
+    _FORBIDDEN = 403
+    _NOT_FOUND = 404
+    _NOT_ALLOWED = 405
+    _SERVER_ERROR = 500
+    _response_codes: ClassVar[dict[int, str]] = {}
+
+    def __init__(self, application: Brubeck, message: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(application, message, *args, **kwargs)
+        if isinstance(message, ServiceResponse):
+            self.status_code, self.status_msg = message.status_code, message.status_msg
+            if isinstance(message.body, dict):
+                self._payload = dict(message.body)
+
+    def render(self, status_code: int | None = None, **kwargs: Any) -> ServiceResponse:
+        """The reply: status, the payload as body, the request's path, and METHOD from `self.headers`."""
+        if status_code is not None:
+            self.set_status(status_code)
+        headers = {str(k): str(v) for k, v in self.headers.items() if k != "METHOD"}
+        return ServiceResponse(status_code=self.status_code, status_msg=self.status_msg, body=self._payload,
+                               path=self.message.path, method=str(self.headers.get("METHOD", "response")),
+                               headers=headers, conn_id=getattr(self.message, "conn_id", ""),
+                               msg_id=getattr(self.message, "msg_id", b""))
+
+    def _error_payload(self, error_type: str, message: str, **extra: Any) -> ServiceResponse:
+        self.clear_payload()
+        self.add_to_payload("error", {"type": error_type, "message": message, **extra})
+        return self.render()
+
+    def render_error(self, error_code: int, status_msg: str | None = None) -> ServiceResponse:
+        self.set_status(error_code, status_msg)
+        return self._error_payload(self.status_msg.replace(" ", ""),
+                                   f"{self.status_msg} ({self.message.method} {self.message.path})")
+
+    def unsupported(self) -> ServiceResponse:
+        allowed = self.allowed_methods()
+        self.set_status(self._NOT_ALLOWED, f"Method {self.message.method!r} not supported")
+        return self._error_payload("MethodNotAllowed", self.status_msg, allow=allowed)
+
+    def error(self, err: BaseException) -> ServiceResponse:
+        """A 500 reply naming the exception's type and message (data, never a pickled object)."""
+        log.error("%s failed on %s %s", type(self).__name__, self.message.method, self.message.path,
+                  exc_info=err)
+        self.set_status(self._SERVER_ERROR, f"{type(err).__name__}: {err}"[:200])
+        return self._error_payload(type(err).__name__, str(err))

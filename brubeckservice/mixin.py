@@ -1,0 +1,86 @@
+"""`ServiceClientMixin`: service calls from a Brubeck web handler, with the 2013 API.
+
+Clients are cached per application (`application.extensions["brubeckservice"]`), so `register_service` is
+idempotent and a connection is shared by all requests of one app, never by two apps. Every reply, sync or
+not, is routed through the *client* app's own handlers by path and METHOD, exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from brubeckservice.client import DEFAULT_TIMEOUT, ServiceClient
+from brubeckservice.errors import ServiceError
+from brubeckservice.handlers import ServiceMessageHandler
+from brubeckservice.models import ServiceRequest, ServiceResponse
+
+log = logging.getLogger("brubeckservice.mixin")
+
+EXTENSION = "brubeckservice"
+
+
+def registry(application: Any) -> dict[str, ServiceClient]:
+    """The service clients of one application, by service address."""
+    services: dict[str, ServiceClient] = application.extensions.setdefault(EXTENSION, {})
+    return services
+
+
+def handle_reply(application: Any, response: ServiceResponse) -> Any:
+    """Route a service reply through the application's handlers; returns what the handler returned."""
+    return application.handle(response, base_handler=ServiceMessageHandler)
+
+
+class ServiceClientMixin:
+    """Mix into a web handler: `register_service`, `create_service_request`, `send_service_request`
+    (sync: waits for the reply, blocking only this request's greenlet) and `send_service_request_nowait`."""
+
+    application: Any
+    message: Any
+
+    def register_service(self, service_addr: str, service_response_addr: str | None = None,
+                         passphrase: str | bytes = "", **options: Any) -> ServiceClient:
+        """Connect this application to a service once; later calls return the same client.
+
+        Options go to `ServiceClient` (e.g. `timeout`, the app-wide default for calls to this service,
+        which otherwise comes from the app's `service_timeout` setting, else 30 s).
+        """
+        services = registry(self.application)
+        client = services.get(service_addr)
+        if client is None:
+            app = self.application
+            options.setdefault("timeout", app.settings.get("service_timeout", DEFAULT_TIMEOUT))
+            client = ServiceClient(service_addr, service_response_addr, passphrase,
+                                   on_reply=lambda response: handle_reply(app, response), **options)
+            services[service_addr] = client
+            log.info("registered service at %s", service_addr)
+        return client
+
+    def service_client(self, service_addr: str) -> ServiceClient:
+        client = registry(self.application).get(service_addr)
+        if client is None:
+            raise ServiceError(f"no service registered at {service_addr!r}: call register_service first")
+        return client
+
+    def create_service_request(self, path: str, method: str = "request",
+                               arguments: dict[str, Any] | None = None, msg: Any = None,
+                               headers: dict[str, str] | None = None) -> ServiceRequest:
+        """A request for `path` and `method`, carrying this web request's connection id along."""
+        conn_id = str(getattr(self.message, "conn_id", "") or "")
+        return ServiceRequest(path=path, method=method, arguments=dict(arguments or {}),
+                              headers=dict(headers or {}), conn_id=conn_id)
+
+    def send_service_request(self, service_addr: str, service_req: ServiceRequest,
+                             timeout: float | None = None) -> tuple[ServiceResponse, Any]:
+        """Send and wait; returns (the service's response, what this app's response handler returned).
+
+        Raises ServiceTimeout (504 to the web client if not caught), ServiceUnavailable (503),
+        AuthenticationError or ProtocolError.
+        """
+        response = self.service_client(service_addr).call_request(service_req, timeout)
+        return response, handle_reply(self.application, response)
+
+    def send_service_request_nowait(self, service_addr: str, service_req: ServiceRequest,
+                                    timeout: float | None = None) -> bytes:
+        """Send without waiting; the reply is handled by this app's response handler when it comes."""
+        return self.service_client(service_addr).send_request(service_req, timeout)

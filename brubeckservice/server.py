@@ -1,0 +1,186 @@
+"""`ServiceConnection`: the transport that makes a Brubeck app a service.
+
+It binds a ROUTER at `service_addr`. Each message is checked (shape, signature, age, replay) before any of
+it is trusted; each request then runs in its own greenlet through the app's routes (by path and METHOD),
+and the handler's `ServiceResponse` goes back to the caller's connection under the request's correlation
+id. Bad input never stops the loop: a malformed message is dropped (answered with ERR when it carries an
+id), a forged one is refused with an unsigned ERR 401, and both are counted in `stats` and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import zmq.green as zmq
+
+from brubeckservice import envelope
+from brubeckservice.errors import AuthenticationError, ProtocolError
+from brubeckservice.handlers import ServiceMessageHandler
+from brubeckservice.models import ServiceRequest, ServiceResponse
+from brubeckservice.signing import ReplayGuard, Signer
+from brubeckservice.sockets import DEFAULT_MAX_MESSAGE_SIZE, now_ms, prepare_ipc
+
+if TYPE_CHECKING:
+    from brubeck.application import Brubeck
+
+log = logging.getLogger("brubeckservice.server")
+
+
+class ServiceConnection:
+    """`ServiceConnection(service_addr, service_response_addr, passphrase)`: pass as a Brubeck `msg_conn`.
+
+    `service_response_addr` is kept for compatibility with the 2013 API; protocol v1 answers on the
+    request connection (docs/protocol.md), so it is not bound.
+    """
+
+    base_handler: type[ServiceMessageHandler] = ServiceMessageHandler
+
+    def __init__(self, service_addr: str, service_response_addr: str | None = None, passphrase: str | bytes = "",
+                 *, context: zmq.Context[zmq.Socket[bytes]] | None = None, window_ms: int = 30_000,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self.service_addr = service_addr
+        self.service_response_addr = service_response_addr
+        self.signer = Signer(passphrase)
+        self.guard = ReplayGuard(window_ms)
+        self.window_ms = window_ms
+        self.stats: Counter[str] = Counter()
+        self.inflight = 0
+        self._own_context = context is None
+        self.context = context if context is not None else zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished caller is an error we log
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_size)
+        prepare_ipc(service_addr)
+        self.socket.bind(service_addr)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ServiceConnection({self.service_addr!r})"
+
+    # -- receiving ----------------------------------------------------------------------------------
+
+    def process_messages(self, application: Brubeck) -> None:
+        spawn = application.pool.spawn if application.pool is not None else gevent.spawn
+        recv = self.socket.recv_multipart
+        while not self._closed:
+            try:
+                frames = recv()
+            except zmq.ZMQError:
+                if self._closed:
+                    break
+                log.exception("receiving on %s failed", self.service_addr)
+                continue
+            try:
+                request = self.accept(frames)
+                if request is not None:
+                    spawn(self.serve, application, request)
+            except Exception:  # nothing a peer sends may stop the loop
+                self.stats["errors"] += 1
+                log.exception("failed to handle a message on %s", self.service_addr)
+
+    def accept(self, frames: list[bytes]) -> ServiceRequest | None:
+        """Check one received message; return the request to serve, or None when it was dealt with here."""
+        try:
+            routing, body = envelope.split_routing(frames)
+            env = envelope.parse(body)
+        except ProtocolError as err:
+            self.stats["malformed"] += 1
+            log.warning("dropped malformed message on %s: %s", self.service_addr, err)
+            self._reject_malformed(frames, err)
+            return None
+        if env.kind == envelope.REQ:
+            return self._open_request(routing, env)
+        if env.kind == envelope.PING:
+            self._pong(routing, env)
+            return None
+        self.stats["malformed"] += 1
+        log.warning("dropped unexpected %r message on %s", env.kind, self.service_addr)
+        self._send(routing, envelope.encode_error(env.msg_id, 400, f"a service does not accept {env.kind!r}",
+                                                  now_ms()))
+        return None
+
+    def _open_request(self, routing: list[bytes], env: envelope.Envelope) -> ServiceRequest | None:
+        now = now_ms()
+        try:
+            request = envelope.open_request(env, self.signer, now, self.guard)
+        except AuthenticationError as err:
+            self.stats["forged"] += 1
+            log.warning("refused request %r on %s: %s", env.msg_id, self.service_addr, err)
+            self._send(routing, envelope.encode_error(env.msg_id, 401, str(err), now))
+            return None
+        except ProtocolError as err:
+            # Correctly signed, so the caller holds the key: answer with a signed 400 it can trust.
+            self.stats["malformed"] += 1
+            log.warning("malformed request %r on %s: %s", env.msg_id, self.service_addr, err)
+            bad = ServiceResponse(status_code=400, status_msg="Bad Request",
+                                  body={"error": {"type": "ProtocolError", "message": str(err)}})
+            self._send(routing, envelope.encode_reply(self.signer, env.msg_id, bad, now))
+            return None
+        if request.deadline is not None and request.deadline < now:
+            self.stats["expired"] += 1
+            log.info("skipped %s %s: its caller stopped waiting %d ms ago", request.method, request.path,
+                     now - request.deadline)
+            return None
+        request.sender = tuple(routing)
+        return request
+
+    def _reject_malformed(self, frames: list[bytes], err: ProtocolError) -> None:
+        # Answer only what looks like our protocol with a usable id, so the caller fails fast.
+        if len(frames) >= 4 and frames[-6:-5] and frames[-6][:3] == envelope.MARKER[:3]:
+            msg_id = frames[-4]
+            if 0 < len(msg_id) <= envelope.MAX_ID_SIZE:
+                self._send(frames[:-6], envelope.encode_error(msg_id, 400, str(err), now_ms()))
+
+    def _pong(self, routing: list[bytes], env: envelope.Envelope) -> None:
+        now = now_ms()
+        try:
+            envelope.open_control(env, self.signer, now, self.window_ms)
+        except (AuthenticationError, ProtocolError) as err:
+            self.stats["forged"] += 1
+            log.warning("refused PING on %s: %s", self.service_addr, err)
+            self._send(routing, envelope.encode_error(env.msg_id, 401, str(err), now))
+            return
+        info = {"inflight": self.inflight, "served": self.stats["served"], "stats": dict(self.stats)}
+        self._send(routing, envelope.encode_pong(self.signer, env.msg_id, now, info))
+
+    # -- serving ------------------------------------------------------------------------------------
+
+    def serve(self, application: Brubeck, request: ServiceRequest) -> None:
+        """Run the app's handler for one request and send its reply (if it returned one)."""
+        self.inflight += 1
+        try:
+            response = application.handle(request)
+        finally:
+            self.inflight -= 1
+        self.stats["served"] += 1
+        if response is not None:
+            self.reply(request, response)
+
+    def reply(self, message: Any, response: Any) -> None:
+        """Send `response` to the caller of `message` (a handler may call this later itself)."""
+        if not isinstance(response, ServiceResponse):
+            log.error("handler for %s returned %.60r, not a ServiceResponse (use self.render())",
+                      message.path, response)
+            response = ServiceResponse(status_code=500, status_msg="Handler returned no ServiceResponse",
+                                       path=message.path, body={"error": {
+                                           "type": "TypeError", "message": "handler did not return render()"}})
+        self._send(list(message.sender), envelope.encode_reply(self.signer, message.msg_id, response, now_ms()))
+
+    def _send(self, routing: list[bytes], frames: list[bytes]) -> None:
+        try:
+            self.socket.send_multipart([*routing, *frames], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as err:  # EHOSTUNREACH (caller gone) or EAGAIN (caller not reading)
+            self.stats["undeliverable"] += 1
+            log.warning("reply on %s dropped: %s", self.service_addr, err)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.socket.close(linger=0)
+        if self._own_context:
+            self.context.term()
