@@ -93,8 +93,8 @@ def _seal(signer: Signer, kind: bytes, msg_id: bytes, header: bytes, body: bytes
 def encode_request(signer: Signer, msg_id: bytes, request: ServiceRequest, now_ms: int, sid: str,
                    seq: int) -> list[bytes]:
     """A signed REQ. `sid` names the calling session and `seq` numbers its requests (for replay checks)."""
-    header = RequestHeader(ts=now_ms, sid=sid, seq=seq, path=request.path, method=request.method, headers=request.headers,
-                           conn_id=request.conn_id, deadline=request.deadline)
+    header = RequestHeader(ts=now_ms, sid=sid, seq=seq, path=request.path, method=request.method,
+                           headers=request.headers, conn_id=request.conn_id, deadline=request.deadline)
     return _seal(signer, REQ, msg_id, _encode(header), _encode(request.arguments))
 
 

@@ -84,7 +84,12 @@ def _header_value(value: object) -> HeaderValue:
 def _decode_headers(raw: object) -> tuple[Headers, HeaderProtocol]:
     if isinstance(raw, bytes):  # netstring holding JSON
         try:
-            decoded = _json_decoder.decode(raw)
+            try:
+                decoded = _json_decoder.decode(raw)
+            except UnicodeDecodeError:
+                # Mongrel2 copies a client's header bytes into the JSON unchanged, so a latin-1 header value
+                # makes the block invalid UTF-8; read it as latin-1 rather than fail the request (as _text).
+                decoded = _json_decoder.decode(raw.decode("latin-1"))
         except msgspec.DecodeError as exc:
             raise ProtocolError(f"Mongrel2 headers are not valid JSON: {exc}") from None
         protocol: HeaderProtocol = "json"
@@ -126,17 +131,25 @@ def _netstring(data: bytes) -> bytes:
     return b"%d:%s," % (len(data), data)
 
 
-def _tnet_value(value: HeaderValue) -> bytes | list[bytes]:
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    return [item.encode("utf-8") for item in value]
+def _tnet_headers(headers: Headers) -> bytes:
+    # tnetstring.dumps writes a dict's keys in reverse order; the inverse of parse_message keeps them in order.
+    #   dict = SIZE ":" *(netstring(name) (netstring(value) / SIZE ":" *netstring(value) "]")) "}"
+    parts: list[bytes] = []
+    for name, value in headers.items():
+        parts.append(_netstring(name.encode("utf-8")))
+        if isinstance(value, str):
+            parts.append(_netstring(value.encode("utf-8")))
+        else:
+            items = b"".join(_netstring(item.encode("utf-8")) for item in value)
+            parts.append(b"%d:%s]" % (len(items), items))
+    payload = b"".join(parts)
+    return b"%d:%s}" % (len(payload), payload)
 
 
 def build_message(message: Mongrel2Message) -> bytes:
     """The inverse of `parse_message`: the frame Mongrel2 would send (for tests and test clients)."""
     if message.protocol == "tnetstring":
-        encoded = {k.encode("utf-8"): _tnet_value(v) for k, v in message.headers.items()}
-        headers: bytes = tnetstring.dumps(encoded)
+        headers = _tnet_headers(message.headers)
     else:
         headers = _netstring(_json_encoder.encode(message.headers))
     head = f"{message.sender} {message.conn_id} {message.path} ".encode()
