@@ -130,10 +130,11 @@ class ServiceConnection:
 
     def _reject_malformed(self, frames: list[bytes], err: ProtocolError) -> None:
         # Answer only what looks like our protocol with a usable id, so the caller fails fast.
-        if len(frames) >= 4 and frames[-6:-5] and frames[-6][:3] == envelope.MARKER[:3]:
+        if len(frames) >= 7 and frames[-6][:3] == envelope.MARKER[:3]:
             msg_id = frames[-4]
+            status = 400 if frames[-6] == envelope.MARKER else 505  # 505: another protocol version
             if 0 < len(msg_id) <= envelope.MAX_ID_SIZE:
-                self._send(frames[:-6], envelope.encode_error(msg_id, 400, str(err), now_ms()))
+                self._send(frames[:-6], envelope.encode_error(msg_id, status, str(err), now_ms()))
 
     def _pong(self, routing: list[bytes], env: envelope.Envelope) -> None:
         now = now_ms()
