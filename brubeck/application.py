@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+import gevent
 from gevent.pool import Pool
 from jinja2 import Environment
 
@@ -111,6 +114,22 @@ class Brubeck:
         return handler.render_error(404)
 
     def run(self) -> None:
-        """Serve messages from `msg_conn` until it is closed."""
+        """Serve messages from `msg_conn` until it is closed, or until SIGTERM or SIGINT closes it.
+
+        Closing on a signal (rather than dying of it) releases the sockets: an ipc:// socket file is
+        removed, and callers see the connection drop instead of waiting for their timeouts.
+        """
         log.info("Brubeck serving on %r", self.msg_conn)
-        self.msg_conn.process_messages(self)
+        handlers = []
+        if threading.current_thread() is threading.main_thread():
+            handlers = [gevent.signal_handler(sig, self._stop, sig) for sig in (signal.SIGTERM, signal.SIGINT)]
+        try:
+            self.msg_conn.process_messages(self)
+        finally:
+            for handler in handlers:
+                handler.cancel()
+            self.msg_conn.close()
+
+    def _stop(self, signum: int) -> None:
+        log.info("%s: closing %r", signal.Signals(signum).name, self.msg_conn)
+        self.msg_conn.close()

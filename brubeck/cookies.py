@@ -9,6 +9,7 @@ from a cookie is ever unpickled. The MAC is checked with `hmac.compare_digest`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -23,19 +24,31 @@ log = logging.getLogger("brubeck.cookies")
 
 
 def parse_cookie_header(header: str) -> dict[str, str]:
-    """Cookie header -> {name: value}; a malformed header yields what could be read, never an error."""
+    """Cookie header -> {name: value}; a malformed pair is skipped, never an error.
+
+    Pairs are read one at a time (``cookie-string = cookie-pair *( ";" SP cookie-pair )``, RFC 6265 4.2.1):
+    given one pair it cannot parse (a JSON value some script set, a space in a name), SimpleCookie silently
+    drops the whole header, and with it the session cookie next to that pair.
+    """
+    cookies: dict[str, str] = {}
+    for pair in header.split(";"):
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if sep and name:
+            cookies[name] = _unquote(value.strip())
+    return cookies
+
+
+def _unquote(value: str) -> str:
+    # format_set_cookie lets http.cookies quote values holding separators or non-ASCII ('a;b' is sent as
+    # "a\073b"); let http.cookies undo its own quoting too.
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return value
     jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except CookieError:
-        # One bad pair makes SimpleCookie give up; fall back to the simple ';'-separated reading.
-        cookies: dict[str, str] = {}
-        for pair in header.split(";"):
-            name, sep, value = pair.strip().partition("=")
-            if sep and name:
-                cookies[name] = value.strip('"')
-        return cookies
-    return {name: morsel.value for name, morsel in jar.items()}
+    with contextlib.suppress(CookieError):
+        jar.load(f"v={value}")
+    morsel = jar.get("v")
+    return morsel.value if morsel is not None else value[1:-1]
 
 
 def format_set_cookie(name: str, value: str, *, path: str | None = "/", domain: str | None = None,

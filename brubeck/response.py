@@ -21,7 +21,9 @@ class HTTPResponse(bytes):
                 headers: HeaderInput | None = None) -> HTTPResponse:
         payload = body.encode("utf-8") if isinstance(body, str) else bytes(body)
         msg = status_msg or status_phrase(status_code)
-        pairs = header_pairs(headers)
+        # Content-Length is always computed from the body (the bytes already replace a given one); keeping
+        # it in `headers` too would make WSGI send it twice.
+        pairs = [(name, value) for name, value in header_pairs(headers) if name.lower() != "content-length"]
         self = super().__new__(cls, http_response(payload, status_code, msg, pairs))
         self.status_code, self.status_msg, self.headers, self.body = status_code, msg, pairs, payload
         return self

@@ -8,9 +8,11 @@
 Strategy: write a one-server, one-handler ``mongrel2.conf`` into the working directory, load it with
 ``m2sh load`` and start it with ``m2sh start``. Started as root, Mongrel2 chroots into that directory and
 daemonizes, so the process we spawn is not the server: we find the server through its pid file and decide it
-is ready when that file names a live process and the HTTP port accepts TCP connections. Every path in the
-config (logs, pid file, upload store) is relative to the chroot, so the directory must already hold ``log/``,
-``run/`` and ``tmp/``.
+is ready when that file names a live process, the HTTP port accepts TCP connections and the handler's
+loopback ports are bound. Every path in the config (logs, pid file, upload store) is relative to the chroot,
+so the directory must already hold ``log/``, ``run/`` and ``tmp/``. As any other user Mongrel2 neither
+chroots nor daemonizes ("test mode"): ``m2sh start`` then stays in the foreground as the server itself,
+which is why it is spawned, not waited for.
 
 Mongrel2 behaviours this module works around, all seen with Debian's mongrel2-core 1.12.2:
 
@@ -22,8 +24,8 @@ Mongrel2 behaviours this module works around, all seen with Debian's mongrel2-co
 - A handler whose ``send_spec`` cannot be bound does not stop the server: Mongrel2 retries for about ten
   seconds and then drops the handler while still serving HTTP. We check that loopback TCP handler ports are
   free before starting and treat a failed handler bind in the log as a failed start.
-- A graceful ``m2sh stop`` takes a second or two; when it is not enough we signal the pid ourselves.
-- Killed daemons are reaped by init, not by us, so a zombie counts as gone.
+- A graceful ``m2sh stop`` takes up to a couple of seconds; when it is not enough we signal the pid.
+- A stopped daemon is reaped by init, not by us, and may linger as a zombie: a zombie counts as gone.
 """
 
 from __future__ import annotations
@@ -95,11 +97,15 @@ class Mongrel2Server:
     Every argument is optional: ports default to free loopback ports, ``send_spec`` and ``recv_spec`` to
     ``tcp://127.0.0.1:<free port>``, ``send_ident`` to a fresh UUID (the first word of every request) and
     ``workdir`` to a fresh temporary directory that :meth:`stop` removes (a directory you pass is kept).
+    An ``ipc://`` spec names a path inside the chroot: connect to ``ipc://<workdir><path>`` from outside.
     ``protocol`` is the handler's header encoding, ``"json"`` or ``"tnetstring"``. ``limits`` adds
     settings such as ``{"limits.content_length": 1024}``; ``upload_temp_store`` sets ``upload.temp_store``,
-    a ``mkstemp`` template relative to the chroot such as ``"/tmp/upload.XXXXXX"``.
+    a ``mkstemp`` template relative to the chroot such as ``"/tmp/upload.XXXXXX"``. (Mongrel2 1.12.2 loses
+    request bytes it had already buffered beyond ``limits.content_length`` when an upload starts: keep that
+    limit at least ``limits.buffer_size``, 4096 by default, or send the body after the upload-start message.)
 
-    The server listens on 127.0.0.1 only. It must run as root to chroot; that is the only setup tested.
+    The server listens on 127.0.0.1 only. Run as root, the tested setup, it is confined to ``workdir``; as
+    another user it runs unconfined in Mongrel2's test mode, and only starting and stopping were tried.
     """
 
     def __init__(
@@ -133,6 +139,7 @@ class Mongrel2Server:
             Path(tempfile.mkdtemp(prefix="mongrel2-")) if workdir is None else Path(workdir)
         ).resolve()
         self._pid: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._started = False
         self._error_log_offset = 0
 
@@ -206,6 +213,7 @@ class Mongrel2Server:
                     break
             else:
                 raise Mongrel2Error(f"mongrel2 pid {pid} survived SIGKILL")
+        self._reap()
         self.pid_file.unlink(missing_ok=True)
         self._pid = None
         self._started = False
@@ -227,16 +235,19 @@ class Mongrel2Server:
 
     # -- internals ------------------------------------------------------------------------------------------
 
-    def _m2sh(self, *args: str, check: bool = True) -> None:
+    def _m2sh_env(self) -> dict[str, str]:
         env = dict(os.environ)
         if not env.get("LOGNAME"):
             env["LOGNAME"] = _login_name()
+        return env
+
+    def _m2sh(self, *args: str, check: bool = True) -> None:
         with (self.workdir / _M2SH_LOG).open("ab") as log:
             try:
                 result = subprocess.run(  # noqa: S603 - fixed binary, arguments we built
                     [M2SH, *args],
                     cwd=self.workdir,
-                    env=env,
+                    env=self._m2sh_env(),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
@@ -261,7 +272,17 @@ class Mongrel2Server:
         self._error_log_offset = _size(self.workdir / _ERROR_LOG)
         self._started = True
         self._m2sh("load", "-config", _CONFIG, "-db", _DB)
-        self._m2sh("start", "-db", _DB, "-uuid", self.server_uuid)
+        # Not subprocess.run: as root the server daemonizes and m2sh exits, but as any other user it runs
+        # in the foreground as this very process, so we must not wait for it.
+        with (self.workdir / _M2SH_LOG).open("ab") as log:
+            self._process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments we built
+                [M2SH, "start", "-db", _DB, "-uuid", self.server_uuid],
+                cwd=self.workdir,
+                env=self._m2sh_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
 
     def _wait_until_ready(self) -> int:
         deadline = time.monotonic() + self.start_timeout
@@ -270,15 +291,16 @@ class Mongrel2Server:
             fatal = self._fatal_line()
             if fatal is not None:
                 raise Mongrel2Error(f"mongrel2 failed to start: {fatal}")
+            status = self._process.poll() if self._process is not None else None
+            if status:
+                raise Mongrel2Error(f"m2sh start exited with status {status}")
             pid = self._read_pid()
             if pid is not None and not _alive(pid):
                 raise Mongrel2Error(f"mongrel2 pid {pid} exited during start")
             if pid is not None and _accepts(self.http_port) and self._handlers_bound():
                 return pid
             if time.monotonic() >= deadline:
-                raise Mongrel2Error(
-                    f"mongrel2 not serving on port {self.http_port} after {self.start_timeout}s"
-                )
+                raise Mongrel2Error(f"mongrel2 not serving on port {self.http_port} after {self.start_timeout}s")
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
 
@@ -294,6 +316,19 @@ class Mongrel2Server:
                     sock.bind(("127.0.0.1", parts.port))
                 except OSError as exc:
                     raise Mongrel2Error(f"handler port for {spec} is not free: {exc}") from None
+
+    def _reap(self) -> None:
+        """Collect m2sh: the daemonizing parent as root, the server itself (or a failed start) otherwise."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        # Still running: a foreground server that never wrote its pid file.
+        process.terminate()
+        try:
+            process.wait(_SIGNAL_WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(_SIGNAL_WAIT)
 
     def _clear_stale_pid_file(self) -> None:
         pid = self._read_pid()
@@ -311,16 +346,15 @@ class Mongrel2Server:
 
     def _handlers_bound(self) -> bool:
         """Whether Mongrel2 has bound the handler sockets we can observe (loopback TCP and ipc)."""
-        for spec in (self.send_spec, self.recv_spec):
-            parts = urlsplit(spec)
-            if parts.scheme == "tcp" and parts.hostname in ("127.0.0.1", "localhost") and parts.port:
-                if not _accepts(parts.port):
-                    return False
-            elif parts.scheme == "ipc":
-                # Mongrel2 binds after chrooting, so the socket path is inside the workdir.
-                path = spec.removeprefix("ipc://").lstrip("/")
-                if not (self.workdir / path).exists():
-                    return False
+        return all(self._bound(spec) for spec in (self.send_spec, self.recv_spec))
+
+    def _bound(self, spec: str) -> bool:
+        parts = urlsplit(spec)
+        if parts.scheme == "tcp" and parts.hostname in ("127.0.0.1", "localhost") and parts.port:
+            return _accepts(parts.port)
+        if parts.scheme == "ipc":
+            # Mongrel2 binds after chrooting, so as root the socket path is inside the workdir.
+            return (self.workdir / spec.removeprefix("ipc://").lstrip("/")).exists()
         return True
 
     def _read_pid(self) -> int | None:
@@ -394,7 +428,7 @@ def _accepts(port: int) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    """Whether pid runs; a zombie is dead (init, not us, reaps the daemon)."""
+    """Whether pid runs; a zombie has stopped, whoever is yet to reap it."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:

@@ -21,7 +21,7 @@ from brubeckservice.errors import AuthenticationError, ProtocolError
 from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import ReplayGuard, Signer
-from brubeckservice.sockets import DEFAULT_MAX_MESSAGE_SIZE, now_ms, prepare_ipc
+from brubeckservice.sockets import DEFAULT_MAX_MESSAGE_SIZE, now_ms, prepare_ipc, remove_ipc
 
 if TYPE_CHECKING:
     from brubeck.application import Brubeck
@@ -183,5 +183,6 @@ class ServiceConnection:
             return
         self._closed = True
         self.socket.close(linger=0)
+        remove_ipc(self.service_addr)
         if self._own_context:
             self.context.term()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Sequence
 
@@ -31,3 +32,14 @@ def prepare_ipc(address: str) -> None:
         directory = os.path.dirname(address[len("ipc://"):])
         if directory:
             os.makedirs(directory, exist_ok=True)
+
+
+def remove_ipc(address: str) -> None:
+    """Remove the socket file of an ipc:// address we bound (libzmq 4.3 leaves it behind on close)."""
+    if address.startswith("ipc://"):
+        path = address[len("ipc://"):]
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
