@@ -21,7 +21,7 @@ from brubeckservice.errors import AuthenticationError, ProtocolError
 from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import ReplayGuard, Signer
-from brubeckservice.sockets import DEFAULT_MAX_MESSAGE_SIZE, now_ms, prepare_ipc, remove_ipc
+from brubeckservice.sockets import DEFAULT_MAX_MESSAGE_SIZE, ipc_inode, now_ms, prepare_ipc, remove_ipc
 
 if TYPE_CHECKING:
     from brubeck.application import Brubeck
@@ -56,6 +56,7 @@ class ServiceConnection:
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_size)
         prepare_ipc(service_addr)
         self.socket.bind(service_addr)
+        self._ipc_inode = ipc_inode(service_addr)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -183,6 +184,6 @@ class ServiceConnection:
             return
         self._closed = True
         self.socket.close(linger=0)
-        remove_ipc(self.service_addr)
+        remove_ipc(self.service_addr, self._ipc_inode)
         if self._own_context:
             self.context.term()

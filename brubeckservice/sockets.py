@@ -34,12 +34,25 @@ def prepare_ipc(address: str) -> None:
             os.makedirs(directory, exist_ok=True)
 
 
-def remove_ipc(address: str) -> None:
-    """Remove the socket file of an ipc:// address we bound (libzmq 4.3 leaves it behind on close)."""
-    if address.startswith("ipc://"):
-        path = address[len("ipc://"):]
-        try:
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
+def ipc_inode(address: str) -> int | None:
+    """The inode of the socket file behind an ipc:// address (None for other transports)."""
+    if not address.startswith("ipc://"):
+        return None
+    try:
+        return os.stat(address[len("ipc://"):]).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def remove_ipc(address: str, inode: int | None) -> None:
+    """Remove the socket file we bound (libzmq 4.3 leaves it behind on close), but not a newer one that a
+    successor process bound at the same path (a rolling restart): the inode must still be ours."""
+    if inode is None or not address.startswith("ipc://"):
+        return
+    path = address[len("ipc://"):]
+    try:
+        found = os.stat(path)
+        if found.st_ino == inode and stat.S_ISSOCK(found.st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
