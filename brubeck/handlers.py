@@ -166,7 +166,11 @@ class MessageHandler:
             except Exception as err:
                 return self.error(err)
         finally:
-            self.on_finish()
+            # The response is built by now; a failing clean-up is logged rather than losing it.
+            try:
+                self.on_finish()
+            except Exception:
+                log.exception("%s.on_finish failed on %r", type(self).__name__, self.message)
 
 
 class WebMessageHandler(MessageHandler):
@@ -246,6 +250,14 @@ class WebMessageHandler(MessageHandler):
         self.headers["Content-Type"] = "text/plain; charset=utf-8"
         self.body = f"{self.status_code} {self.status_msg}\n"
         return self.render()
+
+    def error(self, err: BaseException) -> HTTPResponse:
+        # What the failed method set (a Location, cookies, even the header that made render() fail) is not
+        # part of the 500: start that response from clean headers, as Tornado's send_error does.
+        self.headers = {}
+        self._cookies = {}
+        response: HTTPResponse = super().error(err)
+        return response
 
     def redirect(self, url: str, status_code: int = 302) -> HTTPResponse:
         self.set_status(status_code)

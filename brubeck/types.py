@@ -20,8 +20,12 @@ class Message(Protocol):
 class Connection(Protocol):
     """A transport: it receives messages, hands each to the application, and sends replies back."""
 
-    #: The handler class the application uses to answer what no route handles (404/405/500).
-    base_handler: type[MessageHandler]
+    @property
+    def base_handler(self) -> type[MessageHandler]:
+        """The handler class the application uses to answer what no route handles (404/405/500).
+
+        Read-only here so that a transport may narrow it (WebMessageHandler, ServiceMessageHandler).
+        """
 
     def process_messages(self, application: Brubeck) -> None:
         """Serve until `close()`: each message is handled in its own greenlet."""

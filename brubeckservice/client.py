@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import gevent
+import msgspec
 import zmq.green as zmq
 from gevent.event import AsyncResult, Event
 from zmq.utils.monitor import recv_monitor_message
@@ -174,6 +175,9 @@ class ServiceClient:
         call = Call("PING", waiter=waiter)
         call.endpoint = endpoint
         self.calls.add(msg_id, call)
+        # Counted in flight like a call: every path that removes a call (PONG, ERR, lost connection,
+        # timeout) gives its count back, so a refused ping must have taken one.
+        endpoint.inflight += 1
         try:
             self._transmit(endpoint, lambda: envelope.encode_ping(self.signer, msg_id, now_ms()), timeout)
             info: dict[str, Any] = waiter.get(timeout=timeout)
@@ -181,7 +185,7 @@ class ServiceClient:
         except gevent.Timeout:
             raise ServiceTimeout(f"no PONG from {endpoint.address} within {timeout:g}s") from None
         finally:
-            self.calls.pop(msg_id)
+            self._forget(msg_id)
 
     # -- sending ------------------------------------------------------------------------------------
 
@@ -196,7 +200,8 @@ class ServiceClient:
         if self._closed:
             raise ServiceUnavailable("the service client is closed")
         if request.deadline is None:
-            request.deadline = now_ms() + int(timeout * 1000)
+            # On a copy: the caller's request stays reusable, and a retry gets a deadline of its own.
+            request = msgspec.structs.replace(request, deadline=now_ms() + int(timeout * 1000))
         endpoint = self._choose()
         msg_id = self.calls.new_id()
         call.endpoint = endpoint
@@ -337,7 +342,10 @@ class ServiceClient:
             log.warning("dropped PONG from %s: %s", endpoint.address, err)
             return
         call = self.calls.pop(env.msg_id)
-        if call is not None and call.waiter is not None:
+        if call is None:
+            return
+        call.endpoint.inflight -= 1
+        if call.waiter is not None:
             call.waiter.set(info)
 
     def _fail(self, msg_id: bytes, error: BaseException) -> None:

@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from brubeck.handlers import MessageHandler
+from brubeck.wire.http import status_phrase
 from brubeckservice.models import ServiceResponse
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ class ServiceMessageHandler(MessageHandler):
 
     def render_error(self, error_code: int, status_msg: str | None = None) -> ServiceResponse:
         self.set_status(error_code, status_msg)
-        return self._error_payload(self.status_msg.replace(" ", ""),
+        # The type names the status (403 -> "Forbidden"), whatever message the handler chose.
+        return self._error_payload(status_phrase(error_code).replace(" ", ""),
                                    f"{self.status_msg} ({self.message.method} {self.message.path})")
 
     def unsupported(self) -> ServiceResponse:

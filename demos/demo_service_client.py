@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""The web app of the demo: a Brubeck app behind Mongrel2 that calls the slow service (demo_service.py).
+
+    /                 the index: what each link does, and the replies handled in the background so far
+    /service/sync     calls the service and waits (only this request's greenlet waits), then shows what the
+                      service brought back and how long the round trip took
+    /service/async    hands the call off and answers at once; the reply is handled later by
+                      ServiceResponseHandler, which logs it and lists it on the index
+
+Behind Mongrel2 (demos/mongrel2.conf's handler) by default; `--wsgi` serves HTTP itself on port 6767 (or
+`--port`), for machines without Mongrel2. `demos/run` starts everything; see the README.
+
+The handlers are written in the 2013 brubeck-service style (`Jinja2Rendering, ServiceClientMixin,
+WebMessageHandler`); a service that times out or cannot be reached gets an error page, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from brubeck.connections import Mongrel2Connection, WSGIConnection
+from brubeck.request_handling import Brubeck, HTTPResponse, WebMessageHandler
+from brubeck.templating import Jinja2Rendering, load_jinja2_env
+from brubeckservice.base import (
+    RemoteServiceError,
+    ServiceClientMixin,
+    ServiceError,
+    ServiceMessageHandler,
+    ServiceResponse,
+    ServiceTimeout,
+    ServiceUnavailable,
+)
+from brubeckservice.mixin import registry
+
+DEMOS_DIR = Path(__file__).resolve().parent
+# As in demo_service.py: the relative ipc:// addresses resolve in demos/var/ (demos/run is a script).
+RUNTIME_DIR = DEMOS_DIR / "var"
+TEMPLATES_DIR = DEMOS_DIR / "templates"
+
+# demos/mongrel2.conf's handler: Mongrel2 pushes requests on send_spec and subscribes to replies on
+# recv_spec; we connect to both.
+MONGREL2_SEND_SPEC = "tcp://127.0.0.1:9999"
+MONGREL2_RECV_SPEC = "tcp://127.0.0.1:9998"
+
+SERVICE_ADDR = "ipc://run/slow"
+SERVICE_RESPONSE_ADDR = "ipc://run/slow_response"
+PASSPHRASE = "my_shared_secret"  # noqa: S105 - the 2013 demo's; a real service keeps its secret elsewhere
+
+#: How long a sync call waits for the service before the page says so (set DEMO_SERVICE_DELAY above it to
+#: see the timeout page).
+SERVICE_TIMEOUT = 30.0
+#: How long a call waits for a connection to the service: a service that is down is reported quickly.
+CONNECT_TIMEOUT = 2.0
+#: Handed-off calls remembered while their reply is awaited, and background replies shown on the index.
+MAX_PENDING = 100
+MAX_SHOWN = 5
+
+log = logging.getLogger("demo.client")
+
+
+def service_delay() -> float:
+    """The service's delay (same variable as demo_service.py), shown on the pages; 5 when unset or bad."""
+    try:
+        return float(os.environ.get("DEMO_SERVICE_DELAY", "5"))
+    except ValueError:
+        return 5.0
+
+
+def clock() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+@dataclass
+class BackgroundReply:
+    job: str
+    sent: str
+    handed_off_at: float
+    returned: Any = None
+    status: str = ""
+    took: float = 0.0
+    received: str = ""
+
+
+@dataclass
+class Handoffs:
+    """The async calls of one app: those awaiting their reply, and the last few replies handled."""
+
+    pending: dict[str, BackgroundReply] = field(default_factory=dict)
+    done: deque[BackgroundReply] = field(default_factory=lambda: deque(maxlen=MAX_SHOWN))
+
+    def add(self, job: str, sent: str) -> None:
+        self.pending[job] = BackgroundReply(job, sent, time.monotonic())
+        # A call whose reply never comes (timed out) is never finished: forget the oldest ones.
+        while len(self.pending) > MAX_PENDING:
+            self.pending.pop(next(iter(self.pending)))
+
+    def finish(self, reply: ServiceResponse) -> BackgroundReply | None:
+        """Record the reply of a handed-off call; None when `reply` answers a sync call instead."""
+        entry = self.pending.pop(reply.msg_id.decode(errors="replace"), None)
+        if entry is not None:
+            entry.returned = reply.get_argument("RETURN_DATA")
+            entry.status = f"{reply.status_code} {reply.status_msg}"
+            entry.took = time.monotonic() - entry.handed_off_at
+            entry.received = clock()
+            self.done.appendleft(entry)
+        return entry
+
+
+def handoffs(application: Any) -> Handoffs:
+    found: Handoffs = application.settings["handoffs"]
+    return found
+
+
+class DemoPage(Jinja2Rendering, ServiceClientMixin, WebMessageHandler):
+    """What the demo's pages share: the service connection, and the error page for a failed call."""
+
+    def connect_service(self) -> None:
+        # Idempotent: the first request of the app connects, the others reuse that connection.
+        self.register_service(SERVICE_ADDR, SERVICE_RESPONSE_ADDR, PASSPHRASE, timeout=SERVICE_TIMEOUT,
+                              connect_timeout=CONNECT_TIMEOUT)
+
+    def service_error(self, err: ServiceError) -> HTTPResponse:
+        """The errors page for a failed call, with what went wrong in words (the status line stays short)."""
+        if isinstance(err, ServiceTimeout):
+            detail = (f"The slow service did not answer within {SERVICE_TIMEOUT:g} seconds, so the call was "
+                      "given up. Is it stuck, or is its delay longer than that?")
+        elif isinstance(err, ServiceUnavailable):
+            detail = (f"The slow service cannot be reached at {SERVICE_ADDR} (in {RUNTIME_DIR}). "
+                      "Is demo_service.py running?")
+        elif isinstance(err, RemoteServiceError):
+            detail = f"The slow service answered with an error: {err}"
+        else:
+            detail = f"The call to the slow service failed: {err}"
+        code = int(err.status_code)
+        log.warning("%s on %s: %s", type(err).__name__, self.message.path, err)
+        return self.render_template("errors.html", _status_code=code, error_code=code,
+                                    status_msg=HTTPStatus(code).phrase, detail=detail, reason=str(err))
+
+
+class IndexHandler(DemoPage):
+    def get(self) -> HTTPResponse:
+        return self.render_template("index.html", replies=list(handoffs(self.application).done))
+
+
+class SyncHandler(DemoPage):
+    """Call the service and wait: this request's greenlet blocks, the app keeps serving others."""
+
+    def get(self) -> HTTPResponse:
+        self.connect_service()
+        sent = f"Hello from the web app, sent at {clock()}"
+        service_req = self.create_service_request('/service/slow', 'request', {"RETURN_DATA": sent})
+        started = time.monotonic()
+        try:
+            response, _handled = self.send_service_request(SERVICE_ADDR, service_req)
+            response.raise_for_status()
+        except ServiceError as err:
+            return self.service_error(err)
+        elapsed = time.monotonic() - started
+        log.info("sync call answered in %.2f s: %d %s", elapsed, response.status_code, response.status_msg)
+        return self.render_template("success.html", mode="sync", sent=sent,
+                                    returned=response.get_argument("RETURN_DATA"),
+                                    status=f"{response.status_code} {response.status_msg}", elapsed=elapsed)
+
+
+class AsyncHandler(DemoPage):
+    """Hand the call off and answer at once; ServiceResponseHandler gets the reply when it comes."""
+
+    def get(self) -> HTTPResponse:
+        self.connect_service()
+        sent = f"Handed off by the web app at {clock()}"
+        service_req = self.create_service_request('/service/slow', 'request', {"RETURN_DATA": sent})
+        try:
+            job = self.send_service_request_nowait(SERVICE_ADDR, service_req).decode()
+        except ServiceError as err:
+            return self.service_error(err)
+        # Recorded before this greenlet yields, so the reply cannot be handled before we know the job.
+        handoffs(self.application).add(job, sent)
+        log.info("handed off job %s", job)
+        return self.render_template("success.html", mode="async", sent=sent, job=job)
+
+
+class ServiceResponseHandler(ServiceMessageHandler):
+    """Every reply from the service is routed here (path /service/slow, METHOD response), sync or not."""
+
+    def response(self) -> ServiceResponse:
+        reply: ServiceResponse = self.message
+        job = reply.msg_id.decode(errors="replace")
+        entry = handoffs(self.application).finish(reply)
+        if entry is not None:
+            log.info("background reply for job %s, %.2f s after the hand-off: %d (%s) RETURN_DATA=%r", job,
+                     entry.took, self.status_code, self.status_msg, entry.returned)
+        else:
+            log.info("reply for job %s, awaited by /service/sync: %d (%s)", job, self.status_code, self.status_msg)
+        return self.render()
+
+
+def build_app(use_wsgi: bool, port: int) -> Brubeck:
+    msg_conn: Mongrel2Connection | WSGIConnection
+    if use_wsgi:
+        msg_conn = WSGIConnection(port=port)
+        transport = f"served directly over WSGI on port {port}"
+    else:
+        msg_conn = Mongrel2Connection(MONGREL2_SEND_SPEC, MONGREL2_RECV_SPEC)
+        transport = "behind Mongrel2"
+    app = Brubeck(msg_conn=msg_conn,
+                  handler_tuples=[(r'^/$', IndexHandler),
+                                  (r'^/service/sync$', SyncHandler),
+                                  (r'^/service/async$', AsyncHandler)],
+                  # Unrouted requests (404, 405) get the demo's error page too.
+                  base_handler=DemoPage,
+                  template_loader=load_jinja2_env(str(TEMPLATES_DIR)),
+                  transport=transport, handoffs=Handoffs())
+    # What every page says about the set-up, error pages the framework renders included.
+    if app.template_env is not None:
+        app.template_env.globals.update(transport=transport, delay=service_delay())
+    # Only for replies (METHOD response): a browser asking for /service/slow gets a 405 page instead of
+    # reaching a handler that can only answer the service.
+    app.add_route_rule(r'^/service/slow', ServiceResponseHandler, method='response')
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--wsgi", action="store_true", help="serve HTTP directly instead of behind Mongrel2")
+    parser.add_argument("--port", type=int, default=6767, help="the HTTP port with --wsgi (default 6767)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    RUNTIME_DIR.mkdir(exist_ok=True)
+    os.chdir(RUNTIME_DIR)
+    app = build_app(args.wsgi, args.port)
+    log.info("web app %s, calling the service at %s", app.settings["transport"], SERVICE_ADDR)
+    try:
+        app.run()
+    except OSError as err:
+        if err.errno != errno.EADDRINUSE:
+            raise
+        sys.exit(f"cannot serve on port {args.port}: it is already in use")
+    finally:
+        for client in registry(app).values():
+            client.close()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()

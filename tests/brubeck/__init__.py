@@ -1,0 +1,1 @@
+"""Tests for the brubeck package, mirroring its modules."""

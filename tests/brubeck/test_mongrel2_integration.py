@@ -1,0 +1,209 @@
+"""The sample application behind a REAL Mongrel2, over real HTTP.
+
+Mongrel2 runs as its own process (brubeck.testing.Mongrel2Server); the application runs in this process's
+gevent hub with Mongrel2Connection.process_messages; clients run in OS threads (see http_client.py). The same
+handler classes are served over WSGI in test_wsgi.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+import zmq.green as zmq
+
+from brubeck.connections import Mongrel2Connection
+from tests.brubeck.conftest import UPLOAD_THRESHOLD
+from tests.brubeck.fake_mongrel2 import SENDER, FakeMongrel2
+from tests.brubeck.http_client import (
+    CLIENT_TIMEOUT,
+    fetch,
+    parse_response,
+    send_on_one_connection,
+    send_until_closed,
+    spawn_in_thread,
+)
+from tests.brubeck.sample_app import SLOW_SECONDS, Running
+
+pytestmark = pytest.mark.mongrel2
+
+
+def test_get_with_a_query(behind_mongrel2: Running) -> None:
+    response = fetch("GET", f"{behind_mongrel2.url}/hello?name=mongrel2")
+    assert (response.status_code, response.text) == (200, "hello mongrel2")
+    assert response.headers["Content-Type"] == "text/plain"
+
+
+def test_what_the_handler_sees_of_a_request(behind_mongrel2: Running) -> None:
+    seen = fetch("GET", f"{behind_mongrel2.url}/echo?x=1&x=2", headers={"Cookie": "a=b; c=d"}).json()
+    assert (seen["method"], seen["path"], seen["url"], seen["version"]) == ("GET", "/echo", "/echo?x=1&x=2",
+                                                                           "HTTP/1.1")
+    assert (seen["arguments"], seen["cookies"]) == ({"x": ["1", "2"]}, {"a": "b", "c": "d"})
+
+
+def test_post_form(behind_mongrel2: Running) -> None:
+    response = fetch("POST", f"{behind_mongrel2.url}/echo?from=query", data={"x": ["1", "2"], "msg": "hi there!"})
+    assert response.json()["arguments"] == {"from": ["query"], "x": ["1", "2"], "msg": ["hi there!"]}
+
+
+def test_multipart_upload(behind_mongrel2: Running) -> None:
+    data = bytes(range(256))
+    response = fetch("POST", f"{behind_mongrel2.url}/echo", data={"title": "Hello"},
+                     files={"doc": ("a.bin", io.BytesIO(data), "application/x-thing")})
+    seen = response.json()
+    assert seen["arguments"] == {"title": ["Hello"]}
+    assert seen["files"] == {"doc": [["a.bin", "application/x-thing", data.decode("latin-1")]]}
+
+
+def test_signed_cookie_round_trip_and_a_tampered_cookie(behind_mongrel2: Running) -> None:
+    login = fetch("POST", f"{behind_mongrel2.url}/login", data={"user": "ann"})
+    assert "HttpOnly" in login.headers["Set-Cookie"]
+    session = login.cookies["session"]
+    assert fetch("GET", f"{behind_mongrel2.url}/me", cookies={"session": session}).text == "you are ann"
+    tampered = fetch("GET", f"{behind_mongrel2.url}/me", cookies={"session": "x" + session})
+    assert tampered.status_code == 401
+    assert fetch("GET", f"{behind_mongrel2.url}/me").status_code == 401
+
+
+def test_redirect(behind_mongrel2: Running) -> None:
+    response = fetch("GET", f"{behind_mongrel2.url}/old")
+    assert (response.status_code, response.headers["Location"]) == (302, "/hello?name=redirected")
+    followed = fetch("GET", f"{behind_mongrel2.url}/old", allow_redirects=True)
+    assert (followed.status_code, followed.text) == (200, "hello redirected")
+
+
+def test_an_unknown_path_is_a_404(behind_mongrel2: Running) -> None:
+    assert fetch("GET", f"{behind_mongrel2.url}/nowhere").status_code == 404
+
+
+def test_a_method_not_served_is_a_405_with_allow(behind_mongrel2: Running) -> None:
+    by_handler = fetch("DELETE", f"{behind_mongrel2.url}/readonly")
+    assert (by_handler.status_code, by_handler.headers["Allow"]) == (405, "GET")
+    by_route = fetch("GET", f"{behind_mongrel2.url}/submit")
+    assert (by_route.status_code, by_route.headers["Allow"]) == (405, "POST")
+    assert fetch("POST", f"{behind_mongrel2.url}/submit").status_code == 201
+
+
+def test_a_raising_handler_is_a_500_and_the_next_request_is_served(behind_mongrel2: Running) -> None:
+    assert fetch("GET", f"{behind_mongrel2.url}/boom").status_code == 500
+    assert fetch("GET", f"{behind_mongrel2.url}/hello").text == "hello world"
+
+
+def test_connection_close_closes_the_connection(behind_mongrel2: Running) -> None:
+    raw = send_until_closed(behind_mongrel2.port, b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert parse_response(raw)[::2] == (200, b"hello world")
+
+
+def test_http_10_is_answered_and_closed(behind_mongrel2: Running) -> None:
+    raw = send_until_closed(behind_mongrel2.port, b"GET /hello?name=old HTTP/1.0\r\n\r\n")
+    assert parse_response(raw)[::2] == (200, b"hello old")
+
+
+def test_http_11_keeps_the_connection_open(behind_mongrel2: Running) -> None:
+    request = b"GET /hello?name=%d HTTP/1.1\r\nHost: x\r\n\r\n"
+    answers = send_on_one_connection(behind_mongrel2.port, [request % 1, request % 2])
+    assert answers == [(200, b"hello 1"), (200, b"hello 2")]
+
+
+def test_two_slow_requests_are_served_in_parallel(behind_mongrel2: Running) -> None:
+    started = time.monotonic()
+    pending = [spawn_in_thread(fetch, "GET", f"{behind_mongrel2.url}/slow") for _ in range(2)]
+    assert [result.get(timeout=CLIENT_TIMEOUT).text for result in pending] == ["slept", "slept"]
+    assert time.monotonic() - started < 1.8 * SLOW_SECONDS
+
+
+def test_a_deferred_reply_answers_the_request(behind_mongrel2: Running) -> None:
+    response = fetch("GET", f"{behind_mongrel2.url}/deferred")
+    assert (response.status_code, response.text) == (200, "answered later")
+
+
+def test_a_hand_built_response_goes_through_unchanged(behind_mongrel2: Running) -> None:
+    raw = send_until_closed(behind_mongrel2.port, b"GET /raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    status, headers, body = parse_response(raw)
+    assert (status, body, headers.get_all("Content-Length")) == (200, b"raw body", ["8"])
+
+
+def test_a_header_value_in_latin1_reaches_the_handler(behind_mongrel2: Running) -> None:
+    # Mongrel2 copies the byte 0xE9 into its JSON headers as it is: not UTF-8.
+    response = fetch("GET", f"{behind_mongrel2.url}/echo", headers={"X-Name": "caf\u00e9"})
+    assert response.json()["x-name"] == "caf\u00e9"
+
+
+def mongrel2_connection(running: Running) -> Mongrel2Connection:
+    assert isinstance(running.connection, Mongrel2Connection)
+    return running.connection
+
+
+@pytest.fixture
+def observer(behind_mongrel2: Running) -> Iterator[FakeMongrel2]:
+    """A second, fake Mongrel2 the app's sockets also connect to: a way into its PULL path and a view of
+    what it publishes. Its connection ids are far above any real Mongrel2 would use here."""
+    connection = mongrel2_connection(behind_mongrel2)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    fake = FakeMongrel2(context, first_conn_id=900_000)
+    connection.in_sock.connect(fake.send_spec)
+    connection.out_sock.connect(fake.recv_spec)
+    try:
+        fake.wait_until_subscribed()
+        yield fake
+    finally:
+        context.destroy(linger=0)
+
+
+# Garbage naming no readable sender and connection id, and garbage that does (answered with a 400 there:
+# an id no real Mongrel2 connection has here, and the fake's sender, so the answer reaches no real client).
+GARBAGE = [b"", b"\xff" * 64, b"no spaces", b"S x / 2:{},0:,"]
+GARBAGE_WITH_AN_ID = [b"%s 900999 / garbage", b"%s 900999 /x 99:{},0:,", b"%s 900999 /x 2:[],0:,",
+                      b"%s 900999 / 2:{},0:,trailing"]
+
+
+def test_malformed_frames_in_the_pull_path_do_not_stop_the_app(behind_mongrel2: Running,
+                                                               observer: FakeMongrel2) -> None:
+    for frame in GARBAGE + [frame % SENDER.encode() for frame in GARBAGE_WITH_AN_ID]:
+        observer.send(frame)
+    # Frames from one peer are served in order, so once the last is answered all the garbage has been read.
+    for _ in GARBAGE_WITH_AN_ID:
+        sender, conn_ids, body = observer.reply()
+        assert (sender, conn_ids, parse_response(body)[0]) == (SENDER, ["900999"], 400)
+        assert observer.reply() == (SENDER, ["900999"], b"")
+    assert behind_mongrel2.serving is not None and not behind_mongrel2.serving.dead
+    assert fetch("GET", f"{behind_mongrel2.url}/hello?name=after").text == "hello after"
+
+
+@pytest.mark.parametrize("frame", [*GARBAGE, *(frame % SENDER.encode() for frame in GARBAGE_WITH_AN_ID)])
+def test_serve_never_raises_on_garbage(behind_mongrel2: Running, frame: bytes) -> None:
+    mongrel2_connection(behind_mongrel2).serve(behind_mongrel2.app, frame)
+    assert fetch("GET", f"{behind_mongrel2.url}/hello").status_code == 200
+
+
+def test_tnetstring_headers(behind_mongrel2_tnetstring: Running) -> None:
+    request = (b"GET /echo?x=1&x=2 HTTP/1.1\r\nHost: x\r\nX-Many: one\r\nX-Many: two\r\nX-Name: caf\xe9\r\n"
+               b"Cookie: a=b\r\nConnection: close\r\n\r\n")
+    status, _, body = parse_response(send_until_closed(behind_mongrel2_tnetstring.port, request))
+    assert status == 200
+    assert fetch("GET", f"{behind_mongrel2_tnetstring.url}/hello?name=tnet").text == "hello tnet"
+    echoed = json.loads(body)
+    assert (echoed["method"], echoed["arguments"], echoed["cookies"]) == ("GET", {"x": ["1", "2"]}, {"a": "b"})
+    assert (echoed["x-many"], echoed["x-name"]) == (["one", "two"], "caf\u00e9")
+
+
+def test_a_repeated_header_arrives_as_a_list(behind_mongrel2: Running) -> None:
+    request = b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Many: one\r\nX-Many: two\r\nConnection: close\r\n\r\n"
+    status, _, body = parse_response(send_until_closed(behind_mongrel2.port, request))
+    assert status == 200
+    assert b'"x-many":["one","two"]' in body
+
+
+def test_a_large_upload_reaches_the_handler_when_mongrel2_is_done_with_it(
+        behind_mongrel2_spooling: Running) -> None:
+    body = bytes(i % 251 for i in range(100 * UPLOAD_THRESHOLD))
+    response = fetch("POST", f"{behind_mongrel2_spooling.url}/big", data=body)
+    # Had the app answered upload-start, Mongrel2 would have cancelled the upload and sent that answer:
+    # an empty body, read from the request instead of from the spooled file.
+    assert response.json() == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest(), "via": "upload"}
+    small = fetch("POST", f"{behind_mongrel2_spooling.url}/big", data=b"tiny")
+    assert small.json()["via"] == "body"

@@ -1,0 +1,1 @@
+"""Tests of brubeckservice, one module per module of the package."""

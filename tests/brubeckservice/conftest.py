@@ -1,0 +1,29 @@
+"""Fixtures of the brubeckservice tests: a gate for blocking handlers and an in-memory service pair."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from brubeckservice.testing import ServicePair
+from tests.brubeckservice.helpers import PASSPHRASE, ROUTES, FakeService, Gate
+
+
+@pytest.fixture
+def gate() -> Gate:
+    return Gate()
+
+
+@pytest.fixture
+def pair(gate: Gate) -> Iterator[ServicePair]:
+    """The service app serving helpers.ROUTES, and a client of it with a 5 s timeout."""
+    with ServicePair(ROUTES, PASSPHRASE, gate=gate) as service_pair:
+        yield service_pair
+
+
+@pytest.fixture
+def fake_service() -> Iterator[FakeService]:
+    service = FakeService()
+    yield service
+    service.close()

@@ -1,0 +1,356 @@
+"""ServiceClient: calls get their own reply, or fail in bounded time with an error that says why.
+
+Against a real service (ServicePair, in memory) and against a bare ROUTER playing a service that answers
+whatever the test likes (FakeService), including garbage, forgeries and late replies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import gevent
+import msgspec
+import pytest
+from gevent.queue import Queue
+
+from brubeck.testing import free_port
+from brubeckservice import envelope
+from brubeckservice.client import ServiceClient
+from brubeckservice.errors import (
+    AuthenticationError,
+    ProtocolError,
+    RemoteServiceError,
+    RequestTooLarge,
+    ServiceTimeout,
+    ServiceUnavailable,
+)
+from brubeckservice.models import ServiceRequest, ServiceResponse
+from brubeckservice.signing import Signer
+from brubeckservice.sockets import now_ms
+from brubeckservice.testing import ServicePair
+from tests.brubeckservice.helpers import PASSPHRASE, ROUTES, WAIT, FakeService, Gate, wait_until
+
+# -- calls and replies --------------------------------------------------------------------------------
+
+def test_a_call_returns_the_services_reply(pair: ServicePair) -> None:
+    response = pair.client.call("/echo", arguments={"RETURN_DATA": "hello"}, conn_id="7")
+    assert (response.status_code, response.status_msg) == (200, "Took a while, but I am back.")
+    assert response.body == {"RETURN_DATA": "hello", "conn_id": "7"}
+    assert (response.path, response.method, response.conn_id) == ("/echo", "response", "7")
+    assert pair.client.pending == 0
+
+
+def test_concurrent_calls_each_get_their_own_reply(pair: ServicePair, gate: Gate) -> None:
+    calls = [gevent.spawn(pair.client.call, "/block", arguments={"RETURN_DATA": f"call {n}"}) for n in range(10)]
+    for _ in calls:
+        gate.next_arrival()  # all ten are at the service at once, on one socket
+    assert pair.client.pending == 10
+    gate.release.set()
+    assert [c.get(timeout=WAIT).body["RETURN_DATA"] for c in calls] == [f"call {n}" for n in range(10)]
+    assert pair.client.pending == 0
+
+
+def test_an_error_status_is_returned_not_raised(pair: ServicePair) -> None:
+    response = pair.client.call("/fail")
+    assert (response.status_code, response.ok) == (500, False)
+    with pytest.raises(RemoteServiceError, match=r"\(ValueError: the handler broke\)"):
+        response.raise_for_status()
+
+
+def test_call_request_sends_a_ready_made_request(pair: ServicePair) -> None:
+    request = ServiceRequest(path="/echo", arguments={"RETURN_DATA": "made"}, conn_id="9")
+    assert pair.client.call_request(request).body == {"RETURN_DATA": "made", "conn_id": "9"}
+
+
+def test_send_returns_at_once_and_the_reply_reaches_on_reply_once(pair: ServicePair, gate: Gate) -> None:
+    replies: Queue = Queue()
+    msg_id = pair.client.send("/block", arguments={"RETURN_DATA": "later"}, on_reply=replies.put)
+    gate.next_arrival()
+    assert replies.empty()  # send did not wait for the handler, which is still blocked
+    gate.release.set()
+    reply = replies.get(timeout=WAIT)
+    assert (reply.msg_id, reply.body["RETURN_DATA"]) == (msg_id, "later")
+    pair.client.ping()  # a round trip after the reply: a second delivery would have come first
+    assert replies.empty()
+    assert pair.client.pending == 0
+
+
+def test_send_without_a_callback_uses_the_clients_on_reply(gate: Gate) -> None:
+    replies: Queue = Queue()
+    with ServicePair(ROUTES, PASSPHRASE, on_reply=replies.put, gate=gate) as pair:
+        pair.client.send("/echo", arguments={"RETURN_DATA": "default"})
+        assert replies.get(timeout=WAIT).body["RETURN_DATA"] == "default"
+
+
+# -- timeouts and late replies ------------------------------------------------------------------------------
+
+def test_a_call_times_out_and_its_late_reply_is_dropped_and_counted(pair: ServicePair, gate: Gate) -> None:
+    started = time.monotonic()
+    with pytest.raises(ServiceTimeout, match="no reply from /block"):
+        pair.client.call("/block", timeout=0.2)
+    assert 0.2 <= time.monotonic() - started < WAIT
+    assert pair.client.pending == 0
+    assert pair.client.endpoints[0].inflight == 0
+    gate.next_arrival()
+    gate.release.set()  # now the service answers, too late
+    wait_until(lambda: pair.client.stats["late"] == 1, "the late reply")
+    assert pair.client.stats["replies"] == 0
+    assert pair.client.call("/echo").ok  # and the client carries on
+
+
+def test_a_request_that_timed_out_can_be_sent_again(pair: ServicePair, gate: Gate) -> None:
+    request = ServiceRequest(path="/block", arguments={"RETURN_DATA": "retried"})
+    with pytest.raises(ServiceTimeout):
+        pair.client.call_request(request, timeout=0.2)
+    gate.release.set()
+    assert pair.client.call_request(request).body["RETURN_DATA"] == "retried"  # a deadline of its own
+    assert request.deadline is None  # the caller's request is left as it was
+
+
+def test_a_send_that_times_out_reports_to_on_error_and_drops_the_late_reply(pair: ServicePair, gate: Gate) -> None:
+    replies: Queue = Queue()
+    errors: Queue = Queue()
+    pair.client.send("/block", timeout=0.2, on_reply=replies.put, on_error=errors.put)
+    assert isinstance(errors.get(timeout=WAIT), ServiceTimeout)
+    assert pair.client.pending == 0
+    gate.release.set()
+    wait_until(lambda: pair.client.stats["late"] == 1, "the late reply")
+    assert replies.empty()
+
+
+def test_a_later_send_with_an_earlier_timeout_still_times_out_on_time(pair: ServicePair) -> None:
+    errors: Queue = Queue()
+    pair.client.send("/block", timeout=30, on_error=errors.put)
+    started = time.monotonic()
+    pair.client.send("/block", timeout=0.2, on_error=errors.put)
+    assert isinstance(errors.get(timeout=WAIT), ServiceTimeout)
+    assert time.monotonic() - started < 2
+    assert pair.client.pending == 1
+
+
+# -- no service, wrong service -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("address", ["ipc://{tmp}/nobody", "tcp://127.0.0.1:{port}"])
+def test_no_service_is_unavailable_within_the_timeout(address: str, tmp_path: Path) -> None:
+    # (Not inproc: libzmq queues an inproc message until someone binds, so that call times out instead.)
+    with ServiceClient(address.format(tmp=tmp_path, port=free_port()), None, PASSPHRASE, timeout=0.3) as client:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match="no connection to the service"):
+            client.call("/echo")
+        assert 0.3 <= time.monotonic() - started < 2
+        assert client.pending == 0
+        assert client.endpoints[0].inflight == 0
+
+
+def test_connect_timeout_gives_up_before_the_call_timeout() -> None:
+    with ServiceClient(f"tcp://127.0.0.1:{free_port()}", None, PASSPHRASE, timeout=30, connect_timeout=0.2) as client:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable):
+            client.call("/echo")
+        assert time.monotonic() - started < 2
+
+
+def test_a_wrong_passphrase_is_an_authentication_error(pair: ServicePair) -> None:
+    stranger = pair.new_client("not the passphrase")
+    with pytest.raises(AuthenticationError, match="refused our signature"):
+        stranger.call("/echo")
+    with pytest.raises(AuthenticationError, match="refused our signature"):
+        stranger.ping()
+    assert stranger.pending == 0
+    assert stranger.endpoints[0].inflight == 0
+    assert pair.connection.stats["forged"] == 2
+    assert pair.connection.stats["served"] == 0
+
+
+def test_a_request_over_max_message_size_is_refused_before_it_is_sent(gate: Gate) -> None:
+    with ServicePair(ROUTES, PASSPHRASE, max_message_size=2048, gate=gate) as pair:
+        with pytest.raises(RequestTooLarge, match="exceeds max_message_size 2048"):
+            pair.client.call("/echo", arguments={"RETURN_DATA": "x" * 4096})
+        assert pair.client.pending == 0
+        assert pair.client.endpoints[0].inflight == 0
+        assert pair.client.stats["sent"] == 0
+        assert pair.client.ping()["stats"] == {}  # the service saw nothing
+        assert pair.client.call("/echo", arguments={"RETURN_DATA": "x" * 100}).ok
+
+
+# -- ping and close -------------------------------------------------------------------------------------
+
+def test_ping_returns_the_services_stats(pair: ServicePair, gate: Gate) -> None:
+    assert pair.client.ping() == {"inflight": 0, "served": 0, "stats": {}}
+    pair.client.call("/echo")
+    pair.client.call("/fail")
+    blocked = gevent.spawn(pair.client.call, "/block")
+    gate.next_arrival()
+    assert pair.client.ping() == {"inflight": 1, "served": 2, "stats": {"served": 2}}
+    gate.release.set()
+    blocked.get(timeout=WAIT)
+    assert pair.client.ping()["served"] == 3
+
+
+def test_close_fails_pending_calls_with_service_unavailable(pair: ServicePair, gate: Gate) -> None:
+    waiting = gevent.spawn(pair.client.call, "/block")
+    errors: Queue = Queue()
+    pair.client.send("/block", on_error=errors.put)
+    gate.next_arrival()
+    gate.next_arrival()
+    pair.client.close()
+    with pytest.raises(ServiceUnavailable, match="closed"):
+        waiting.get(timeout=WAIT)
+    assert isinstance(errors.get(timeout=WAIT), ServiceUnavailable)
+    assert pair.client.pending == 0
+    with pytest.raises(ServiceUnavailable, match="the service client is closed"):
+        pair.client.call("/echo")
+    pair.client.close()  # twice is fine
+
+
+# -- connections ---------------------------------------------------------------------------------------------
+
+def test_a_lost_connection_fails_the_calls_in_flight_at_once(tmp_path: Path, gate: Gate) -> None:
+    service = ServicePair(ROUTES, PASSPHRASE, address=f"ipc://{tmp_path}/service", gate=gate)
+    client = ServiceClient(service.address, None, PASSPHRASE, timeout=30)
+    try:
+        wait_until(lambda: client.endpoints[0].connected, "the connection")
+        call = gevent.spawn(client.call, "/block")
+        gate.next_arrival()
+        started = time.monotonic()
+        service.close()
+        with pytest.raises(ServiceUnavailable, match="lost while /block was in flight"):
+            call.get(timeout=WAIT)
+        assert time.monotonic() - started < WAIT
+        assert (client.pending, client.endpoints[0].inflight, client.stats["lost"]) == (0, 0, 1)
+    finally:
+        client.close()
+        service.close()
+
+
+def test_calls_go_to_the_connected_address(tmp_path: Path, gate: Gate) -> None:
+    nobody = f"tcp://127.0.0.1:{free_port()}"
+    with ServicePair(ROUTES, PASSPHRASE, address=f"ipc://{tmp_path}/live", gate=gate) as live, \
+            ServiceClient([nobody, live.address], None, PASSPHRASE, timeout=2) as client:
+        wait_until(lambda: client.endpoints[1].connected, "the live service's connection")
+        for _ in range(5):
+            assert client.call("/echo").ok
+        assert live.connection.stats["served"] == 5
+
+
+def test_calls_spread_to_the_address_with_the_fewest_in_flight(tmp_path: Path) -> None:
+    gates = [Gate(), Gate()]
+    with ServicePair(ROUTES, PASSPHRASE, address=f"ipc://{tmp_path}/one", gate=gates[0]) as one, \
+            ServicePair(ROUTES, PASSPHRASE, address=f"ipc://{tmp_path}/two", gate=gates[1]) as two, \
+            ServiceClient([one.address, two.address], None, PASSPHRASE) as client:
+        wait_until(lambda: all(e.connected for e in client.endpoints), "both connections")
+        replies: Queue = Queue()
+        for _ in range(6):
+            client.send("/block", on_reply=replies.put)
+        for g in gates:
+            for _ in range(3):
+                g.next_arrival()
+        assert [e.inflight for e in client.endpoints] == [3, 3]
+        assert [g.arrived.qsize() for g in gates] == [0, 0]
+        gates[0].release.set()
+        for _ in range(3):
+            replies.get(timeout=WAIT)
+        assert [e.inflight for e in client.endpoints] == [0, 3]
+        assert client.call("/echo").ok  # the idle one takes it, not the one with three in flight
+        assert (one.connection.stats["served"], two.connection.stats["served"]) == (4, 0)
+        gates[1].release.set()
+        for _ in range(3):
+            replies.get(timeout=WAIT)
+
+
+# -- what a (fake) service sends back --------------------------------------------------------------------------
+
+def test_a_forged_reply_is_dropped_counted_and_logged(fake_service: FakeService,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    call = gevent.spawn(fake_service.client.call, "/echo")
+    routing, request = fake_service.receive()
+    forged = ServiceResponse(status_code=200, body={"RETURN_DATA": "forged"})
+    with caplog.at_level(logging.WARNING, logger="brubeckservice.client"):
+        fake_service.reply(routing, request.msg_id, forged, signer=Signer("not the passphrase"))
+        wait_until(lambda: fake_service.client.stats["forged"] == 1, "the forged reply to be counted")
+    assert "failed verification: bad or missing signature" in caplog.text
+    assert fake_service.client.pending == 1  # still waiting for the real one
+    fake_service.reply(routing, request.msg_id, ServiceResponse(status_code=200, body={"RETURN_DATA": "real"}))
+    assert call.get(timeout=WAIT).body == {"RETURN_DATA": "real"}
+
+
+def test_a_stale_reply_is_dropped_as_forged(fake_service: FakeService) -> None:
+    call = gevent.spawn(fake_service.client.call, "/echo", timeout=WAIT)
+    routing, request = fake_service.receive()
+    stale = envelope.encode_reply(fake_service.signer, request.msg_id, ServiceResponse(status_code=200),
+                                  now_ms() - 120_000)
+    fake_service.send(routing, stale)
+    wait_until(lambda: fake_service.client.stats["forged"] == 1, "the stale reply to be counted")
+    fake_service.reply(routing, request.msg_id, ServiceResponse(status_code=201))
+    assert call.get(timeout=WAIT).status_code == 201
+
+
+def test_garbage_from_the_service_is_dropped_and_the_client_carries_on(fake_service: FakeService) -> None:
+    client = fake_service.client
+    call = gevent.spawn(client.call, "/echo")
+    routing, request = fake_service.receive()
+    signer, msg_id = fake_service.signer, request.msg_id
+    garbage: list[list[bytes]] = [
+        [b"random garbage"],
+        [os.urandom(64) for _ in range(6)],
+        [os.urandom(1) for _ in range(3)],
+        [b"BRS2", b"REP", msg_id, b"{}", b"{}", b"\x00" * 32],
+        [b"BRS1", b"NOPE", msg_id, b"{}", b"{}", b"\x00" * 32],
+        [b"BRS1", b"REP", b"", b"{}", b"{}", b"\x00" * 32],
+        [b"BRS1", b"REP", b"x" * 65, b"{}", b"{}", b"\x00" * 32],
+        envelope.encode_request(signer, msg_id, ServiceRequest(path="/"), now_ms(), "s", 1),  # not for a client
+        [b"BRS1", b"ERR", msg_id, b"not json", b"", b""],
+    ]
+    for frames in garbage:
+        fake_service.send(routing, frames)
+    wait_until(lambda: client.stats["malformed"] == len(garbage), "every garbage message to be counted")
+    assert client.pending == 1
+    assert client.stats["errors"] == 0  # nothing escaped into the listener
+    assert all(not greenlet.dead for greenlet in client._greenlets)
+    fake_service.reply(routing, msg_id, ServiceResponse(status_code=200, body={"RETURN_DATA": "fine"}))
+    assert call.get(timeout=WAIT).body == {"RETURN_DATA": "fine"}
+
+
+def test_a_signed_reply_that_does_not_parse_fails_its_call(fake_service: FakeService) -> None:
+    call = gevent.spawn(fake_service.client.call, "/echo")
+    routing, request = fake_service.receive()
+    frames = [envelope.MARKER, envelope.REP, request.msg_id, b'{"ts":"soon"}', b"{}"]
+    fake_service.send(routing, [*frames, fake_service.signer.sign(frames)])
+    with pytest.raises(ProtocolError, match="the service's reply does not parse"):
+        call.get(timeout=WAIT)
+    assert fake_service.client.pending == 0
+
+
+@pytest.mark.parametrize(("status", "reason", "error", "message"), [
+    (401, "replayed message", AuthenticationError, "refused our signature: replayed message"),
+    (400, "unknown message kind", ProtocolError, "rejected the request: 400 unknown message kind"),
+])
+def test_an_err_from_the_service_fails_its_call(fake_service: FakeService, status: int, reason: str,
+                                                error: type[Exception], message: str) -> None:
+    call = gevent.spawn(fake_service.client.call, "/echo")
+    routing, request = fake_service.receive()
+    fake_service.send(routing, envelope.encode_error(request.msg_id, status, reason, now_ms()))
+    with pytest.raises(error, match=message):
+        call.get(timeout=WAIT)
+    assert fake_service.client.pending == 0
+    assert fake_service.client.endpoints[0].inflight == 0
+
+
+def test_a_reply_to_no_call_of_ours_is_counted_as_late(fake_service: FakeService) -> None:
+    fake_service.client.send("/echo")
+    routing, _ = fake_service.receive()
+    fake_service.reply(routing, b"someone-elses-1", ServiceResponse(status_code=200))
+    wait_until(lambda: fake_service.client.stats["late"] == 1, "the stray reply to be counted")
+    assert fake_service.client.pending == 1
+
+
+def test_requests_carry_the_clients_session_and_increasing_numbers(fake_service: FakeService) -> None:
+    # What the service's replay guard needs: one session per client, numbers rising as requests leave.
+    for _ in range(3):
+        fake_service.client.send("/echo")
+    headers = [msgspec.json.decode(fake_service.receive()[1].header, type=envelope.RequestHeader) for _ in range(3)]
+    assert [h.sid for h in headers] == [fake_service.client.session] * 3
+    assert [h.seq for h in headers] == [1, 2, 3]

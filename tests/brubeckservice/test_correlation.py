@@ -1,0 +1,79 @@
+"""PendingCalls: each reply finds its call once, and nothing outstanding is ever lost track of."""
+
+from __future__ import annotations
+
+from brubeckservice.correlation import Call, PendingCalls
+from brubeckservice.envelope import MAX_ID_SIZE
+
+
+def test_ids_are_unique_and_fit_the_envelope() -> None:
+    calls = PendingCalls()
+    ids = [calls.new_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(0 < len(msg_id) <= MAX_ID_SIZE for msg_id in ids)
+
+
+def test_two_tables_never_issue_the_same_id() -> None:
+    # A restarted client must not mistake a reply meant for its previous life for one of its own calls.
+    first, second = PendingCalls(), PendingCalls()
+    assert {first.new_id() for _ in range(100)}.isdisjoint({second.new_id() for _ in range(100)})
+
+
+def test_a_call_is_found_once() -> None:
+    calls = PendingCalls()
+    call = Call("/echo")
+    calls.add(b"id-1", call)
+    assert len(calls) == 1
+    assert calls.pop(b"id-1") is call
+    assert calls.pop(b"id-1") is None
+    assert len(calls) == 0
+
+
+def test_an_unknown_id_finds_nothing() -> None:
+    assert PendingCalls().pop(b"never-sent") is None
+
+
+def test_expire_returns_only_outstanding_calls_past_their_expiry_in_order() -> None:
+    calls = PendingCalls()
+    late, early, answered, later = Call("/late"), Call("/early"), Call("/answered"), Call("/later")
+    calls.add(b"late", late, expires_at=20.0)
+    calls.add(b"early", early, expires_at=10.0)
+    calls.add(b"answered", answered, expires_at=5.0)
+    calls.add(b"later", later, expires_at=30.0)
+    calls.add(b"sync", Call("/sync"))  # no expiry: its caller times it out itself
+    calls.pop(b"answered")
+    assert calls.next_expiry() == 5.0
+    assert calls.expire(25.0) == [(b"early", early), (b"late", late)]
+    assert calls.next_expiry() == 30.0
+    assert [msg_id for msg_id, _ in calls] == [b"later", b"sync"]
+    assert calls.expire(25.0) == []
+
+
+def test_drain_takes_the_calls_of_one_endpoint() -> None:
+    calls = PendingCalls()
+    here, there = object(), object()
+    one, two, three = Call("/1"), Call("/2"), Call("/3")
+    for msg_id, call, endpoint in ((b"1", one, here), (b"2", two, there), (b"3", three, here)):
+        call.endpoint = endpoint
+        calls.add(msg_id, call)
+    assert calls.drain(here) == [(b"1", one), (b"3", three)]
+    assert [msg_id for msg_id, _ in calls] == [b"2"]
+
+
+def test_drain_without_an_endpoint_takes_everything() -> None:
+    calls = PendingCalls()
+    calls.add(b"1", Call("/1"), expires_at=1.0)
+    calls.add(b"2", Call("/2"))
+    assert [msg_id for msg_id, _ in calls.drain()] == [b"1", b"2"]
+    assert len(calls) == 0
+    assert calls.next_expiry() is None
+
+
+def test_iterating_is_safe_while_calls_come_and_go() -> None:
+    calls = PendingCalls()
+    for index in range(3):
+        calls.add(b"%d" % index, Call("/"))
+    for msg_id, _ in calls:
+        calls.pop(msg_id)
+        calls.add(msg_id + b"-again", Call("/"))
+    assert len(calls) == 3

@@ -1,0 +1,37 @@
+"""Addresses: how users name one service or several workers of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from brubeckservice.sockets import endpoints, prepare_ipc
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("ipc://run/slow", ["ipc://run/slow"]),
+    ("tcp://127.0.0.1:5555, tcp://127.0.0.1:5556", ["tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556"]),
+    (["tcp://a:1 ", " tcp://b:2", ""], ["tcp://a:1", "tcp://b:2"]),
+    ("ipc://one,", ["ipc://one"]),
+])
+def test_endpoints_accepts_one_a_comma_list_or_a_sequence(given: str | list[str], expected: list[str]) -> None:
+    assert endpoints(given) == expected
+
+
+@pytest.mark.parametrize("given", ["", " , ", []])
+def test_endpoints_needs_at_least_one_address(given: str | list[str]) -> None:
+    with pytest.raises(ValueError, match="at least one address"):
+        endpoints(given)
+
+
+def test_prepare_ipc_creates_the_directory_of_the_socket(tmp_path: Path) -> None:
+    prepare_ipc(f"ipc://{tmp_path}/run/slow")  # the 2013 demo binds 'ipc://run/slow' and expects run/
+    assert (tmp_path / "run").is_dir()
+    assert not (tmp_path / "run" / "slow").exists()
+
+
+def test_prepare_ipc_leaves_other_transports_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    prepare_ipc("tcp://127.0.0.1:5555")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,28 @@
+"""Fixtures shared by the test suite."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from brubeck.testing import Mongrel2Server, mongrel2_available
+
+
+@pytest.fixture
+def mongrel2_required() -> None:
+    """Skip when Mongrel2 is not installed, but fail instead when ``CI`` is set: CI must run these."""
+    if mongrel2_available():
+        return
+    reason = "mongrel2 and m2sh are not on PATH (apt-get install mongrel2-core)"
+    if "CI" in os.environ:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def mongrel2(mongrel2_required: None) -> Iterator[Mongrel2Server]:
+    """A started :class:`Mongrel2Server` with default settings, stopped after the test."""
+    with Mongrel2Server() as server:
+        yield server

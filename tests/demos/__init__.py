@@ -1,0 +1,1 @@
+"""Tests of the demo in demos/, run as a person runs it."""
