@@ -74,6 +74,7 @@ class ServiceConnection:
                 if self._closed:
                     break
                 log.exception("receiving on %s failed", self.service_addr)
+                gevent.sleep(0.1)  # a persistent socket error must not become a busy loop
                 continue
             try:
                 request = self.accept(frames)

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from brubeck.handlers import WebMessageHandler
+from brubeck.response import HTTPResponse
+
+log = logging.getLogger("brubeck.transports")
 
 #: Bodies larger than this are refused with 413 unless a connection is given another limit.
 DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
+
+
+def http_bytes(response: Any) -> bytes:
+    """What a web handler returned, as response bytes; anything else (e.g. a service handler's
+    ServiceResponse reaching a web route) is logged and becomes a 500, so the client is still answered."""
+    if isinstance(response, bytes):
+        return response
+    if isinstance(response, str):
+        return response.encode("utf-8")
+    log.error("handler returned %.80r, not an HTTP response (bytes or str); answering 500", response)
+    return HTTPResponse("500 Internal Server Error\n", 500, None, [("Content-Type", "text/plain; charset=utf-8")])
 
 
 class WebConnection:

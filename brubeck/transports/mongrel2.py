@@ -17,7 +17,7 @@ import zmq.green as zmq
 from brubeck.errors import ProtocolError
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
-from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection
+from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes
 from brubeck.wire.mongrel2 import MAX_REPLY_TARGETS, build_reply
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class Mongrel2Connection(WebConnection):
 
     def reply(self, message: Any, response: Any) -> None:
         """Answer `message`, then close its connection when the client asked for that (or is HTTP/1.0)."""
-        self.deliver(message.sender, [message.conn_id], response)
+        self.deliver(message.sender, [message.conn_id], http_bytes(response))
         if message.should_close():
             self.deliver(message.sender, [message.conn_id], b"")
 

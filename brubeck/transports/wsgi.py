@@ -19,7 +19,7 @@ from gevent.pywsgi import WSGIServer
 
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
-from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection
+from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes
 from brubeck.wire.mongrel2 import HeaderValue
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class WSGIConnection(WebConnection):
     @staticmethod
     def _respond(response: Any, start_response: StartResponse) -> list[bytes]:
         try:
-            http = HTTPResponse.from_bytes(response)
+            http = HTTPResponse.from_bytes(http_bytes(response))
         except ValueError:
             log.error("handler returned something that is not an HTTP response: %.60r", response)
             http = HTTPResponse(b"500 Internal Server Error\n", 500)
