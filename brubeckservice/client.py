@@ -38,7 +38,7 @@ from brubeckservice.errors import (
 )
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import Signer
-from brubeckservice.sockets import DEFAULT_MAX_MESSAGE_SIZE, endpoints, now_ms
+from brubeckservice.sockets import DEFAULT_MAX_MESSAGE_SIZE, Channel, endpoints, now_ms
 
 log = logging.getLogger("brubeckservice.client")
 
@@ -48,11 +48,12 @@ DEFAULT_TIMEOUT = 30.0
 class Endpoint:
     """One service address: its socket, whether it is connected, and how many calls it has in flight."""
 
-    __slots__ = ("address", "connected", "inflight", "monitor", "socket")
+    __slots__ = ("address", "channel", "connected", "inflight", "monitor", "socket")
 
     def __init__(self, address: str, socket: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> None:
         self.address = address
         self.socket = socket
+        self.channel = Channel(socket)
         self.monitor = monitor
         self.connected = False
         self.inflight = 0
@@ -225,6 +226,7 @@ class ServiceClient:
         wait = timeout if self.connect_timeout is None else min(timeout, self.connect_timeout)
         give_up = time.monotonic() + wait
         sock = endpoint.socket
+        channel = endpoint.channel
         while True:
             frames: list[bytes] = build()
             size = sum(len(f) for f in frames)
@@ -232,14 +234,17 @@ class ServiceClient:
                 raise RequestTooLarge(f"request of {size} bytes exceeds max_message_size "
                                       f"{self.max_message_size}")
             try:
-                sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                channel.send(frames)
                 return
             except zmq.Again:
                 remaining = give_up - time.monotonic()
-                if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLOUT):
+                if remaining <= 0:
                     self.stats["unavailable"] += 1
                     raise ServiceUnavailable(
                         f"no connection to the service at {endpoint.address} within {wait:g}s") from None
+                # Poll in short slices: the socket's FD is edge-triggered and another greenlet's I/O on it
+                # may consume the edge that announced the connection.
+                sock.poll(min(int(remaining * 1000) + 1, 50), zmq.POLLOUT)
             except zmq.ZMQError as exc:
                 raise ServiceUnavailable(f"cannot send to {endpoint.address}: {exc}") from None
 
@@ -254,10 +259,10 @@ class ServiceClient:
     # -- receiving ----------------------------------------------------------------------------------
 
     def _listen(self, endpoint: Endpoint) -> None:
-        recv = endpoint.socket.recv_multipart
+        channel = endpoint.channel
         while not self._closed:
             try:
-                frames = recv()
+                frames = channel.recv()
             except zmq.ZMQError:
                 if self._closed:
                     return

@@ -15,13 +15,21 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 import zmq.green as zmq
+from gevent.event import Event
 
 from brubeckservice import envelope
 from brubeckservice.errors import AuthenticationError, ProtocolError
 from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import ReplayGuard, Signer
-from brubeckservice.sockets import DEFAULT_MAX_MESSAGE_SIZE, ipc_inode, now_ms, prepare_ipc, remove_ipc
+from brubeckservice.sockets import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Channel,
+    ipc_inode,
+    now_ms,
+    prepare_ipc,
+    remove_ipc,
+)
 
 if TYPE_CHECKING:
     from brubeck.application import Brubeck
@@ -56,8 +64,12 @@ class ServiceConnection:
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_size)
         prepare_ipc(service_addr)
         self.socket.bind(service_addr)
+        self.channel = Channel(self.socket)
         self._ipc_inode = ipc_inode(service_addr)
         self._closed = False
+        self._stopped = Event()
+        self._application: Brubeck | None = None
+        self._spawn: Any = gevent.spawn
 
     def __repr__(self) -> str:
         return f"ServiceConnection({self.service_addr!r})"
@@ -65,11 +77,19 @@ class ServiceConnection:
     # -- receiving ----------------------------------------------------------------------------------
 
     def process_messages(self, application: Brubeck) -> None:
-        spawn = application.pool.spawn if application.pool is not None else gevent.spawn
-        recv = self.socket.recv_multipart
+        """Serve until `close()`. Receiving is passed from greenlet to greenlet (leader/follower): the
+        greenlet that receives a request hands receiving to a fresh one and serves that request itself,
+        so a request starts at once, each in its own greenlet, and a slow one holds up nothing."""
+        self._application = application
+        self._spawn = application.pool.spawn if application.pool is not None else gevent.spawn
+        self._spawn(self._receive)
+        self._stopped.wait()
+
+    def _receive(self) -> None:
+        channel = self.channel
         while not self._closed:
             try:
-                frames = recv()
+                frames = channel.recv()
             except zmq.ZMQError:
                 if self._closed:
                     break
@@ -78,11 +98,15 @@ class ServiceConnection:
                 continue
             try:
                 request = self.accept(frames)
-                if request is not None:
-                    spawn(self.serve, application, request)
-            except Exception:  # nothing a peer sends may stop the loop
+            except Exception:  # nothing a peer sends may stop the service
                 self.stats["errors"] += 1
                 log.exception("failed to handle a message on %s", self.service_addr)
+                continue
+            if request is not None and self._application is not None:
+                self._spawn(self._receive)
+                self.serve(self._application, request)
+                return
+        self._stopped.set()
 
     def accept(self, frames: list[bytes]) -> ServiceRequest | None:
         """Check one received message; return the request to serve, or None when it was dealt with here."""
@@ -157,11 +181,14 @@ class ServiceConnection:
         self.inflight += 1
         try:
             response = application.handle(request)
+            self.stats["served"] += 1
+            if response is not None:
+                self.reply(request, response)
+        except Exception:  # handle() answers handler errors itself; this is a bug in the transport
+            self.stats["errors"] += 1
+            log.exception("failed to serve %s %s", request.method, request.path)
         finally:
             self.inflight -= 1
-        self.stats["served"] += 1
-        if response is not None:
-            self.reply(request, response)
 
     def reply(self, message: Any, response: Any) -> None:
         """Send `response` to the caller of `message` (a handler may call this later itself)."""
@@ -175,7 +202,7 @@ class ServiceConnection:
 
     def _send(self, routing: list[bytes], frames: list[bytes]) -> None:
         try:
-            self.socket.send_multipart([*routing, *frames], flags=zmq.NOBLOCK)
+            self.channel.send([*routing, *frames])
         except zmq.ZMQError as err:  # EHOSTUNREACH (caller gone) or EAGAIN (caller not reading)
             self.stats["undeliverable"] += 1
             log.warning("reply on %s dropped: %s", self.service_addr, err)
@@ -184,6 +211,7 @@ class ServiceConnection:
         if self._closed:
             return
         self._closed = True
+        self._stopped.set()
         self.socket.close(linger=0)
         remove_ipc(self.service_addr, self._ipc_inode)
         if self._own_context:
