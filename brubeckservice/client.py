@@ -133,15 +133,11 @@ class ServiceClient:
         """
         limit = self.timeout if timeout is None else timeout
         waiter: AsyncResult = AsyncResult()
-        started = time.monotonic()
-        msg_id = self._send(request, Call(request.path, waiter=waiter), limit)
+        # No timer of its own: the reaper fails the waiter with ServiceTimeout when the call expires.
+        msg_id = self._send(request, Call(request.path, waiter=waiter), limit, time.monotonic() + limit)
         try:
-            result: ServiceResponse = waiter.get(timeout=max(0.0, limit - (time.monotonic() - started)))
+            result: ServiceResponse = waiter.get()
             return result
-        except gevent.Timeout:
-            self.stats["timeouts"] += 1
-            raise ServiceTimeout(f"no reply from {request.path} at {self._where(msg_id)} within {limit:g}s"
-                                 ) from None
         finally:
             self._forget(msg_id)
 
@@ -161,12 +157,7 @@ class ServiceClient:
                      on_reply: ReplyCallback | None = None, on_error: ErrorCallback | None = None) -> bytes:
         limit = self.timeout if timeout is None else timeout
         call = Call(request.path, on_reply=on_reply or self.on_reply, on_error=on_error)
-        earliest = self.calls.next_expiry()
-        expires_at = time.monotonic() + limit
-        msg_id = self._send(request, call, limit, expires_at=expires_at)
-        if earliest is None or expires_at < earliest:
-            self._expiry_changed.set()  # the reaper sleeps until the earliest expiry: wake it earlier
-        return msg_id
+        return self._send(request, call, limit, time.monotonic() + limit)
 
     def ping(self, timeout: float = 5.0) -> dict[str, Any]:
         """Ask the service how it is (its PONG: in-flight requests, counters); raises like `call`."""
@@ -196,8 +187,7 @@ class ServiceClient:
         live = [e for e in self.endpoints if e.connected] or self.endpoints
         return min(live, key=lambda e: e.inflight)
 
-    def _send(self, request: ServiceRequest, call: Call, timeout: float,
-              expires_at: float | None = None) -> bytes:
+    def _send(self, request: ServiceRequest, call: Call, timeout: float, expires_at: float) -> bytes:
         if self._closed:
             raise ServiceUnavailable("the service client is closed")
         if request.deadline is None:
@@ -206,7 +196,8 @@ class ServiceClient:
         endpoint = self._choose()
         msg_id = self.calls.new_id()
         call.endpoint = endpoint
-        self.calls.add(msg_id, call, expires_at)  # registered before the send: no reply can beat it
+        if self.calls.add(msg_id, call, expires_at):  # registered before the send: no reply can beat it
+            self._expiry_changed.set()  # the reaper sleeps until the earliest expiry: wake it sooner
         endpoint.inflight += 1
 
         def frames() -> list[bytes]:
@@ -252,9 +243,6 @@ class ServiceClient:
         call = self.calls.pop(msg_id)
         if call is not None:
             call.endpoint.inflight -= 1
-
-    def _where(self, msg_id: bytes) -> str:
-        return ",".join(self.addresses)
 
     # -- receiving ----------------------------------------------------------------------------------
 
@@ -397,17 +385,22 @@ class ServiceClient:
                         f"connection to the service at {endpoint.address} lost while {call.path} was in flight"))
 
     def _reap(self) -> None:
-        """Forget fire-and-forget calls whose reply did not come in time."""
+        """Fail the calls whose reply did not come in time: a waiting caller gets ServiceTimeout, a
+        fire-and-forget call's `on_error` too; the call is forgotten, so a later reply is a late reply."""
         while not self._closed:
             next_expiry = self.calls.next_expiry()
             wait = None if next_expiry is None else max(0.0, next_expiry - time.monotonic())
             self._expiry_changed.clear()
             self._expiry_changed.wait(timeout=wait)
-            for _, call in self.calls.expire(time.monotonic()):
-                if call.endpoint is not None:
-                    call.endpoint.inflight -= 1
-                self.stats["timeouts"] += 1
-                self._fail_call(call, ServiceTimeout(f"no reply from {call.path} in time; call forgotten"))
+            try:
+                for _, call in self.calls.expire(time.monotonic()):
+                    if call.endpoint is not None:
+                        call.endpoint.inflight -= 1
+                    self.stats["timeouts"] += 1
+                    self._fail_call(call, ServiceTimeout(
+                        f"no reply from {call.path} at {','.join(self.addresses)} in time; call forgotten"))
+            except Exception:  # the reaper is what guarantees no call waits forever: it must not die
+                log.exception("failed to expire calls")
 
     # -- closing ------------------------------------------------------------------------------------
 

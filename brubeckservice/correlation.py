@@ -3,13 +3,15 @@
 Every call is registered under a fresh id *before* its request is sent, so a reply can never arrive for a
 call we do not know yet. A reply removes its call (so each reply is handled at most once); a timeout, a
 lost connection or closing the client removes it too, and a reply arriving after that is a late reply.
-Fire-and-forget calls keep an expiry so the table cannot grow without bound.
+Every call has an expiry. Expiries are kept in buckets of `RESOLUTION` seconds (a timer wheel) rather
+than one gevent timer per call: adding and removing a call is a set operation, and one reaper greenlet
+fails what is due, so a call times out at most `RESOLUTION` late.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
+import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,11 +23,14 @@ from brubeckservice.models import ServiceResponse
 ReplyCallback = Callable[[ServiceResponse], Any]
 ErrorCallback = Callable[[BaseException], Any]
 
+#: Granularity of call expiry, in seconds.
+RESOLUTION = 0.01
+
 
 class Call:
     """One outstanding call: a waiter (sync) or callbacks (nowait), and the endpoint it went to."""
 
-    __slots__ = ("endpoint", "on_error", "on_reply", "path", "waiter")
+    __slots__ = ("endpoint", "on_error", "on_reply", "path", "slot", "waiter")
 
     def __init__(self, path: str, waiter: AsyncResult | None = None, on_reply: ReplyCallback | None = None,
                  on_error: ErrorCallback | None = None) -> None:
@@ -34,6 +39,7 @@ class Call:
         self.on_reply = on_reply
         self.on_error = on_error
         self.endpoint: Any = None
+        self.slot: int | None = None
 
 
 class PendingCalls:
@@ -45,7 +51,8 @@ class PendingCalls:
         self._prefix = os.urandom(4).hex().encode("ascii")
         self._counter = itertools.count(1)
         self._calls: dict[bytes, Call] = {}
-        self._expiry: list[tuple[float, bytes]] = []
+        self._slots: dict[int, set[bytes]] = {}  # expiry bucket -> ids of the calls that expire in it
+        self._earliest: int | None = None
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -56,32 +63,55 @@ class PendingCalls:
     def new_id(self) -> bytes:
         return b"%s-%x" % (self._prefix, next(self._counter))
 
-    def add(self, msg_id: bytes, call: Call, expires_at: float | None = None) -> None:
+    def add(self, msg_id: bytes, call: Call, expires_at: float | None = None) -> bool:
+        """Register a call (expiring at `expires_at`, a time.monotonic() value); True when its expiry is now
+        the earliest, so whoever sleeps until the earliest expiry must wake sooner."""
         self._calls[msg_id] = call
-        if expires_at is not None:
-            heapq.heappush(self._expiry, (expires_at, msg_id))
+        if expires_at is None:
+            return False
+        slot = math.ceil(expires_at / RESOLUTION)
+        call.slot = slot
+        bucket = self._slots.get(slot)
+        if bucket is None:
+            self._slots[slot] = {msg_id}
+        else:
+            bucket.add(msg_id)
+        if self._earliest is None or slot < self._earliest:
+            self._earliest = slot
+            return True
+        return False
 
     def pop(self, msg_id: bytes) -> Call | None:
-        return self._calls.pop(msg_id, None)
+        call = self._calls.pop(msg_id, None)
+        if call is not None and call.slot is not None:
+            bucket = self._slots.get(call.slot)
+            if bucket is not None:
+                bucket.discard(msg_id)
+                if not bucket:
+                    del self._slots[call.slot]  # `_earliest` may go stale: expire() recomputes it
+                    if not self._slots:
+                        self._earliest = None
+        return call
 
     def next_expiry(self) -> float | None:
-        return self._expiry[0][0] if self._expiry else None
+        """When the earliest registered expiry falls due (it may have been answered since)."""
+        return None if self._earliest is None else self._earliest * RESOLUTION
 
     def expire(self, now: float) -> list[tuple[bytes, Call]]:
         """Remove and return the calls whose expiry has passed and that are still outstanding."""
+        limit = math.floor(now / RESOLUTION)
         expired = []
-        while self._expiry and self._expiry[0][0] <= now:
-            _, msg_id = heapq.heappop(self._expiry)
-            call = self._calls.pop(msg_id, None)
-            if call is not None:
-                expired.append((msg_id, call))
+        for slot in sorted(slot for slot in self._slots if slot <= limit):
+            for msg_id in self._slots.pop(slot):
+                call = self._calls.pop(msg_id, None)
+                if call is not None:
+                    expired.append((msg_id, call))
+        self._earliest = min(self._slots) if self._slots else None
         return expired
 
     def drain(self, endpoint: Any = None) -> list[tuple[bytes, Call]]:
         """Remove and return every outstanding call (to `endpoint` only, when given)."""
         taken = [(i, c) for i, c in self._calls.items() if endpoint is None or c.endpoint is endpoint]
         for msg_id, _ in taken:
-            del self._calls[msg_id]
-        if endpoint is None:
-            self._expiry.clear()
+            self.pop(msg_id)
         return taken

@@ -77,9 +77,10 @@ class ServiceConnection:
     # -- receiving ----------------------------------------------------------------------------------
 
     def process_messages(self, application: Brubeck) -> None:
-        """Serve until `close()`. Receiving is passed from greenlet to greenlet (leader/follower): the
-        greenlet that receives a request hands receiving to a fresh one and serves that request itself,
-        so a request starts at once, each in its own greenlet, and a slow one holds up nothing."""
+        """Serve until `close()`; every request runs in a greenlet of its own, so a slow one holds up
+        nothing. Receiving is passed from greenlet to greenlet (leader/follower): the greenlet that
+        receives the last waiting request hands receiving to a fresh one and serves that request itself,
+        so it starts at once; a request with more waiting behind it gets a new greenlet instead."""
         self._application = application
         self._spawn = application.pool.spawn if application.pool is not None else gevent.spawn
         self._spawn(self._receive)
@@ -102,10 +103,16 @@ class ServiceConnection:
                 self.stats["errors"] += 1
                 log.exception("failed to handle a message on %s", self.service_addr)
                 continue
-            if request is not None and self._application is not None:
-                self._spawn(self._receive)
-                self.serve(self._application, request)
-                return
+            if request is None or self._application is None:
+                continue
+            if channel.readable():
+                # More requests are already waiting: serve this one in a greenlet of its own and keep
+                # reading, so one pass of the event loop starts the whole batch.
+                self._spawn(self.serve, self._application, request)
+                continue
+            self._spawn(self._receive)
+            self.serve(self._application, request)
+            return
         self._stopped.set()
 
     def accept(self, frames: list[bytes]) -> ServiceRequest | None:

@@ -167,6 +167,11 @@ def ping(application: Brubeck, message: Request) -> HTTPResponse:
     return render("pong")
 
 
+def not_http(application: Brubeck, message: Request) -> dict[str, str]:
+    """A route returning something that is no HTTP response (as a service handler's reply would be)."""
+    return {"not": "http"}
+
+
 def build_app(connection: WebConnection, **settings: Any) -> Brubeck:
     app = Brubeck(msg_conn=connection, pool=Pool(), cookie_secret=COOKIE_SECRET, handler_tuples=[
         (r"^/hello$", Hello),
@@ -182,6 +187,7 @@ def build_app(connection: WebConnection, **settings: Any) -> Brubeck:
         (r"^/big$", Upload),
         (r"^/raw$", raw),
         (r"^/ping$", ping),
+        (r"^/not-http$", not_http),
     ], **settings)
     app.add_route_rule(r"^/submit$", submit, method="POST")
     return app

@@ -136,6 +136,13 @@ def test_a_raising_handler_is_a_500_and_the_next_request_is_served(served: Serve
     assert parse_response(served.fake.reply()[2])[0] == 200
 
 
+def test_a_route_returning_no_http_response_is_a_500_not_silence(served: Served) -> None:
+    conn_id = served.fake.request("GET", "/not-http")
+    _, conn_ids, body = served.fake.reply()
+    assert conn_ids == [conn_id]
+    assert parse_response(body)[0] == 500
+
+
 def test_a_deferred_reply_is_sent_to_the_request_s_connection(served: Served) -> None:
     conn_id = served.fake.request("GET", "/deferred")
     _, conn_ids, body = served.fake.reply()

@@ -110,6 +110,11 @@ def test_a_raising_handler_is_a_500_and_the_next_request_is_served(over_wsgi: Ru
     assert fetch("GET", f"{over_wsgi.url}/hello").text == "hello world"
 
 
+def test_a_route_returning_no_http_response_is_a_500(over_wsgi: Running) -> None:
+    assert fetch("GET", over_wsgi.url + "/not-http").status_code == 500
+    assert fetch("GET", over_wsgi.url + "/hello").status_code == 200
+
+
 def test_a_hand_built_response_is_sent_with_one_content_length(over_wsgi: Running) -> None:
     raw = send_until_closed(over_wsgi.port, b"GET /raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     status, headers, body = parse_response(raw)
