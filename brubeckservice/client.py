@@ -26,6 +26,7 @@ import zmq.green as zmq
 from gevent.event import AsyncResult, Event
 from zmq.utils.monitor import recv_monitor_message
 
+from brubeck.transports.channel import Channel
 from brubeckservice import envelope
 from brubeckservice.correlation import Call, ErrorCallback, PendingCalls, ReplyCallback
 from brubeckservice.errors import (
@@ -38,7 +39,7 @@ from brubeckservice.errors import (
 )
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import Signer
-from brubeckservice.sockets import DEFAULT_MAX_MESSAGE_SIZE, Channel, endpoints, now_ms
+from brubeckservice.sockets import DEFAULT_MAX_MESSAGE_SIZE, endpoints, now_ms
 
 log = logging.getLogger("brubeckservice.client")
 

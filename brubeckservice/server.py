@@ -17,6 +17,7 @@ import gevent
 import zmq.green as zmq
 from gevent.event import Event
 
+from brubeck.transports.channel import Channel, lead
 from brubeckservice import envelope
 from brubeckservice.errors import AuthenticationError, ProtocolError
 from brubeckservice.handlers import ServiceMessageHandler
@@ -24,7 +25,6 @@ from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import ReplayGuard, Signer
 from brubeckservice.sockets import (
     DEFAULT_MAX_MESSAGE_SIZE,
-    Channel,
     ipc_inode,
     now_ms,
     prepare_ipc,
@@ -68,8 +68,6 @@ class ServiceConnection:
         self._ipc_inode = ipc_inode(service_addr)
         self._closed = False
         self._stopped = Event()
-        self._application: Brubeck | None = None
-        self._spawn: Any = gevent.spawn
 
     def __repr__(self) -> str:
         return f"ServiceConnection({self.service_addr!r})"
@@ -77,43 +75,11 @@ class ServiceConnection:
     # -- receiving ----------------------------------------------------------------------------------
 
     def process_messages(self, application: Brubeck) -> None:
-        """Serve until `close()`; every request runs in a greenlet of its own, so a slow one holds up
-        nothing. Receiving is passed from greenlet to greenlet (leader/follower): the greenlet that
-        receives the last waiting request hands receiving to a fresh one and serves that request itself,
-        so it starts at once; a request with more waiting behind it gets a new greenlet instead."""
-        self._application = application
-        self._spawn = application.pool.spawn if application.pool is not None else gevent.spawn
-        self._spawn(self._receive)
+        """Serve until `close()`: each request in a greenlet of its own (see brubeck.transports.channel)."""
+        spawn = application.pool.spawn if application.pool is not None else gevent.spawn
+        spawn(lead, self.channel, self.accept, lambda request: self.serve(application, request), spawn,
+              lambda: self._closed, log)
         self._stopped.wait()
-
-    def _receive(self) -> None:
-        channel = self.channel
-        while not self._closed:
-            try:
-                frames = channel.recv()
-            except zmq.ZMQError:
-                if self._closed:
-                    break
-                log.exception("receiving on %s failed", self.service_addr)
-                gevent.sleep(0.1)  # a persistent socket error must not become a busy loop
-                continue
-            try:
-                request = self.accept(frames)
-            except Exception:  # nothing a peer sends may stop the service
-                self.stats["errors"] += 1
-                log.exception("failed to handle a message on %s", self.service_addr)
-                continue
-            if request is None or self._application is None:
-                continue
-            if channel.readable():
-                # More requests are already waiting: serve this one in a greenlet of its own and keep
-                # reading, so one pass of the event loop starts the whole batch.
-                self._spawn(self.serve, self._application, request)
-                continue
-            self._spawn(self._receive)
-            self.serve(self._application, request)
-            return
-        self._stopped.set()
 
     def accept(self, frames: list[bytes]) -> ServiceRequest | None:
         """Check one received message; return the request to serve, or None when it was dealt with here."""

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 import zmq.green as zmq
+from gevent.event import Event
 
 from brubeck.errors import ProtocolError
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
 from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes
+from brubeck.transports.channel import Channel, lead
 from brubeck.wire.mongrel2 import MAX_REPLY_TARGETS, build_reply
 
 if TYPE_CHECKING:
@@ -42,7 +44,10 @@ class Mongrel2Connection(WebConnection):
             sock.setsockopt(zmq.LINGER, 1000)
         self.in_sock.connect(pull_addr)
         self.out_sock.connect(pub_addr)
+        self._in = Channel(self.in_sock)
+        self._out = Channel(self.out_sock)
         self._closed = False
+        self._stopped = Event()
 
     def __repr__(self) -> str:
         return f"Mongrel2Connection({self.pull_addr!r}, {self.pub_addr!r})"
@@ -50,35 +55,42 @@ class Mongrel2Connection(WebConnection):
     # -- receiving ----------------------------------------------------------------------------------
 
     def process_messages(self, application: Brubeck) -> None:
+        """Serve until `close()`: each request in a greenlet of its own (see brubeck.transports.channel)."""
         spawn = application.pool.spawn if application.pool is not None else gevent.spawn
-        recv = self.in_sock.recv
-        while not self._closed:
-            try:
-                raw = recv()
-            except zmq.ZMQError:
-                if self._closed:
-                    break
-                raise
-            spawn(self.serve, application, raw)
+        spawn(lead, self._in, lambda frames: self.accept(application, frames[0]),
+              lambda request: self.answer(application, request), spawn, lambda: self._closed, log)
+        self._stopped.wait()
 
     def serve(self, application: Brubeck, raw: bytes) -> None:
         """Handle one raw Mongrel2 frame: parse, route, reply. Never raises."""
+        request = self.accept(application, raw)
+        if request is not None:
+            self.answer(application, request)
+
+    def accept(self, application: Brubeck, raw: bytes) -> Request | None:
+        """Parse one frame; return the request to handle, or None when there is nothing (more) to do:
+        garbage (answered 400 when it names a connection), disconnect notices, upload starts, bodies over
+        the limit (answered 413)."""
         try:
             request = Request.parse_msg(raw)
         except ProtocolError as err:
             log.warning("malformed Mongrel2 message (%d bytes): %s", len(raw), err)
             self._reject(raw, 400)
-            return
+            return None
+        if request.is_disconnect():
+            return None
+        if request.is_upload_start():
+            log.debug("upload started for %r; waiting for upload-done", request)
+            return None
+        if self.too_large(len(request.body)):
+            log.warning("refusing %d-byte body from %r", len(request.body), request)
+            self.reply(request, application.base_handler(application, request).render_error(413))
+            return None
+        return request
+
+    def answer(self, application: Brubeck, request: Request) -> None:
+        """Run the request's handler and send its reply, if it returned one. Never raises."""
         try:
-            if request.is_disconnect():
-                return
-            if request.is_upload_start():
-                log.debug("upload started for %r; waiting for upload-done", request)
-                return
-            if self.too_large(len(request.body)):
-                log.warning("refusing %d-byte body from %r", len(request.body), request)
-                self.reply(request, application.base_handler(application, request).render_error(413))
-                return
             response = application.handle(request)
             if response is not None:
                 self.reply(request, response)
@@ -100,7 +112,8 @@ class Mongrel2Connection(WebConnection):
         payload = data.encode("utf-8") if isinstance(data, str) else data
         ids = list(conn_ids)
         for start in range(0, len(ids), MAX_REPLY_TARGETS):
-            self.out_sock.send(build_reply(sender, ids[start:start + MAX_REPLY_TARGETS], payload))
+            # A PUB socket never blocks: at its high-water mark it drops, which Mongrel2 sees as no reply.
+            self._out.send((build_reply(sender, ids[start:start + MAX_REPLY_TARGETS], payload),))
 
     def send(self, uuid: str | bytes, conn_id: str | int, msg: bytes | str) -> None:
         """Brubeck 0.4 name: send `msg` to one connection."""
@@ -124,6 +137,7 @@ class Mongrel2Connection(WebConnection):
         if self._closed:
             return
         self._closed = True
+        self._stopped.set()
         self.in_sock.close()
         self.out_sock.close()
         if self._own_context:
