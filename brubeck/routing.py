@@ -68,6 +68,8 @@ class Router:
             if not route.allows(method):
                 allowed |= route.methods or set()
                 continue
+            if not route.pattern.groups:
+                return Match(route, (), {})
             named = set(route.pattern.groupindex.values())
             args = tuple(g for i, g in enumerate(found.groups(), 1) if i not in named and g is not None)
             kwargs = {k: v for k, v in found.groupdict().items() if v is not None}

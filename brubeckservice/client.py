@@ -18,13 +18,13 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import gevent
-import msgspec
-import zmq.green as zmq
+import zmq
 from gevent.event import AsyncResult, Event
-from zmq.utils.monitor import recv_monitor_message
+from zmq.utils.monitor import parse_monitor_message
 
 from brubeck.transports.channel import Channel
 from brubeckservice import envelope
@@ -49,14 +49,15 @@ DEFAULT_TIMEOUT = 30.0
 class Endpoint:
     """One service address: its socket, whether it is connected, and how many calls it has in flight."""
 
-    __slots__ = ("address", "channel", "connected", "inflight", "monitor", "socket")
+    __slots__ = ("address", "channel", "connected", "inflight", "monitor", "ready", "socket")
 
-    def __init__(self, address: str, socket: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> None:
+    def __init__(self, address: str, socket: zmq.Socket[bytes], channel: Channel, monitor: Channel) -> None:
         self.address = address
         self.socket = socket
-        self.channel = Channel(socket)
+        self.channel = channel
         self.monitor = monitor
         self.connected = False
+        self.ready = Event()  # set while connected, for senders waiting on a connection
         self.inflight = 0
 
     def __repr__(self) -> str:
@@ -100,11 +101,14 @@ class ServiceClient:
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to live connections: no send into the void
             sock.setsockopt(zmq.ROUTING_ID, f"{self.session}-{index}".encode())
             monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            # Replies and connection events are handled in the hub as they arrive (brubeck's Channel):
+            # no listener greenlet stands between a reply and its caller.
+            channel, watch = Channel(sock, log=log), Channel(monitor, log=log)
+            endpoint = Endpoint(address, sock, channel, watch)
+            channel.start(partial(self._on_frames, endpoint))
+            watch.start(partial(self._on_event, endpoint))
             sock.connect(address)
-            endpoint = Endpoint(address, sock, monitor)
             self.endpoints.append(endpoint)
-            self._greenlets.append(gevent.spawn(self._listen, endpoint))
-            self._greenlets.append(gevent.spawn(self._watch, endpoint))
         self._greenlets.append(gevent.spawn(self._reap))
 
     def __repr__(self) -> str:
@@ -191,9 +195,8 @@ class ServiceClient:
     def _send(self, request: ServiceRequest, call: Call, timeout: float, expires_at: float) -> bytes:
         if self._closed:
             raise ServiceUnavailable("the service client is closed")
-        if request.deadline is None:
-            # On a copy: the caller's request stays reusable, and a retry gets a deadline of its own.
-            request = msgspec.structs.replace(request, deadline=now_ms() + int(timeout * 1000))
+        # The caller's request is left as it is (reusable); a retry gets a deadline of its own.
+        deadline = request.deadline if request.deadline is not None else now_ms() + int(timeout * 1000)
         endpoint = self._choose()
         msg_id = self.calls.new_id()
         call.endpoint = endpoint
@@ -204,7 +207,8 @@ class ServiceClient:
         def frames() -> list[bytes]:
             # Numbered at the moment of sending, so numbers leave in order (the service's replay window).
             self._seq += 1
-            return envelope.encode_request(self.signer, msg_id, request, now_ms(), self.session, self._seq)
+            return envelope.encode_request(self.signer, msg_id, request, now_ms(), self.session, self._seq,
+                                           deadline)
 
         try:
             self._transmit(endpoint, frames, timeout)
@@ -217,7 +221,6 @@ class ServiceClient:
     def _transmit(self, endpoint: Endpoint, build: Any, timeout: float) -> None:
         wait = timeout if self.connect_timeout is None else min(timeout, self.connect_timeout)
         give_up = time.monotonic() + wait
-        sock = endpoint.socket
         channel = endpoint.channel
         while True:
             frames: list[bytes] = build()
@@ -229,14 +232,15 @@ class ServiceClient:
                 channel.send(frames)
                 return
             except zmq.Again:
+                # No live connection (ZMQ_IMMEDIATE), or its queue is full: wait for one, within the call's time.
                 remaining = give_up - time.monotonic()
                 if remaining <= 0:
                     self.stats["unavailable"] += 1
                     raise ServiceUnavailable(
                         f"no connection to the service at {endpoint.address} within {wait:g}s") from None
-                # Poll in short slices: the socket's FD is edge-triggered and another greenlet's I/O on it
-                # may consume the edge that announced the connection.
-                sock.poll(min(int(remaining * 1000) + 1, 50), zmq.POLLOUT)
+                if not endpoint.ready.wait(remaining) or not channel.writable():
+                    # Connected, but the handshake is not done yet or the queue is full: try again shortly.
+                    gevent.sleep(min(0.005, max(0.0, give_up - time.monotonic())))
             except zmq.ZMQError as exc:
                 raise ServiceUnavailable(f"cannot send to {endpoint.address}: {exc}") from None
 
@@ -247,22 +251,7 @@ class ServiceClient:
 
     # -- receiving ----------------------------------------------------------------------------------
 
-    def _listen(self, endpoint: Endpoint) -> None:
-        channel = endpoint.channel
-        while not self._closed:
-            try:
-                frames = channel.recv()
-            except zmq.ZMQError:
-                if self._closed:
-                    return
-                log.exception("receiving from %s failed", endpoint.address)
-                gevent.sleep(0.1)
-                continue
-            try:
-                self._on_frames(endpoint, frames)
-            except Exception:  # the listener must outlive anything a peer sends
-                self.stats["errors"] += 1
-                log.exception("failed to handle a message from %s", endpoint.address)
+    # -- receiving (run in the hub by the endpoint's Channel: nothing here may block) -----------------
 
     def _on_frames(self, endpoint: Endpoint, frames: list[bytes]) -> None:
         try:
@@ -364,26 +353,24 @@ class ServiceClient:
         except Exception:
             log.exception("reply callback %r failed", callback)
 
-    def _watch(self, endpoint: Endpoint) -> None:
+    def _on_event(self, endpoint: Endpoint, frames: list[bytes]) -> None:
         """Track the connection; when it drops, fail its calls now instead of at their timeouts."""
-        while not self._closed:
-            try:
-                event = recv_monitor_message(endpoint.monitor)
-            except zmq.ZMQError:
-                return
-            if event["event"] == zmq.EVENT_CONNECTED:
-                endpoint.connected = True
-                log.debug("connected to %s", endpoint.address)
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
-                endpoint.connected = False
-                lost = self.calls.drain(endpoint)
-                endpoint.inflight = 0
-                if lost:
-                    log.warning("connection to %s lost with %d calls in flight", endpoint.address, len(lost))
-                self.stats["lost"] += len(lost)
-                for _, call in lost:
-                    self._fail_call(call, ServiceUnavailable(
-                        f"connection to the service at {endpoint.address} lost while {call.path} was in flight"))
+        event = parse_monitor_message(frames)["event"]
+        if event == zmq.EVENT_CONNECTED:
+            endpoint.connected = True
+            endpoint.ready.set()
+            log.debug("connected to %s", endpoint.address)
+        elif event == zmq.EVENT_DISCONNECTED:
+            endpoint.connected = False
+            endpoint.ready.clear()
+            lost = self.calls.drain(endpoint)
+            endpoint.inflight = 0
+            if lost:
+                log.warning("connection to %s lost with %d calls in flight", endpoint.address, len(lost))
+            self.stats["lost"] += len(lost)
+            for _, call in lost:
+                self._fail_call(call, ServiceUnavailable(
+                    f"connection to the service at {endpoint.address} lost while {call.path} was in flight"))
 
     def _reap(self) -> None:
         """Fail the calls whose reply did not come in time: a waiting caller gets ServiceTimeout, a
@@ -415,7 +402,7 @@ class ServiceClient:
         for endpoint in self.endpoints:
             endpoint.socket.disable_monitor()
             endpoint.monitor.close(linger=0)
-            endpoint.socket.close(linger=0)
+            endpoint.channel.close(linger=0)
         gevent.killall(self._greenlets, block=False)
         if self._own_context:
             self.context.term()

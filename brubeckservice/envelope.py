@@ -91,10 +91,12 @@ def _seal(signer: Signer, kind: bytes, msg_id: bytes, header: bytes, body: bytes
 
 
 def encode_request(signer: Signer, msg_id: bytes, request: ServiceRequest, now_ms: int, sid: str,
-                   seq: int) -> list[bytes]:
-    """A signed REQ. `sid` names the calling session and `seq` numbers its requests (for replay checks)."""
+                   seq: int, deadline: int | None = None) -> list[bytes]:
+    """A signed REQ. `sid` names the calling session and `seq` numbers its requests (for replay checks);
+    `deadline` (ms since the epoch) overrides the request's own."""
     header = RequestHeader(ts=now_ms, sid=sid, seq=seq, path=request.path, method=request.method,
-                           headers=request.headers, conn_id=request.conn_id, deadline=request.deadline)
+                           headers=request.headers, conn_id=request.conn_id,
+                           deadline=request.deadline if deadline is None else deadline)
     return _seal(signer, REQ, msg_id, _encode(header), _encode(request.arguments))
 
 
@@ -139,7 +141,7 @@ def parse(frames: list[bytes]) -> Envelope:
         raise ProtocolError(f"unknown message kind {kind[:16]!r}")
     if not 0 < len(msg_id) <= MAX_ID_SIZE:
         raise ProtocolError(f"correlation id must be 1..{MAX_ID_SIZE} bytes, got {len(msg_id)}")
-    return Envelope(bytes(kind), bytes(msg_id), bytes(header), bytes(body), bytes(mac))
+    return Envelope(kind, msg_id, header, body, mac)
 
 
 def _authenticate(envelope: Envelope, signer: Signer) -> None:

@@ -13,11 +13,10 @@ import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-import gevent
-import zmq.green as zmq
+import zmq
 from gevent.event import Event
 
-from brubeck.transports.channel import Channel, lead
+from brubeck.transports.channel import Channel, Pump
 from brubeckservice import envelope
 from brubeckservice.errors import AuthenticationError, ProtocolError
 from brubeckservice.handlers import ServiceMessageHandler
@@ -68,6 +67,7 @@ class ServiceConnection:
         self._ipc_inode = ipc_inode(service_addr)
         self._closed = False
         self._stopped = Event()
+        self._pump: Pump[ServiceRequest] | None = None
 
     def __repr__(self) -> str:
         return f"ServiceConnection({self.service_addr!r})"
@@ -75,10 +75,10 @@ class ServiceConnection:
     # -- receiving ----------------------------------------------------------------------------------
 
     def process_messages(self, application: Brubeck) -> None:
-        """Serve until `close()`: each request in a greenlet of its own (see brubeck.transports.channel)."""
-        spawn = application.pool.spawn if application.pool is not None else gevent.spawn
-        spawn(lead, self.channel, self.accept, lambda request: self.serve(application, request), spawn,
-              lambda: self._closed, log)
+        """Serve until `close()`: each request runs in a worker greenlet of its own, at most the app's
+        pool size at once (`Brubeck(pool=Pool(n))`), the rest waiting in ZeroMQ's queue meanwhile."""
+        limit = application.pool.size if application.pool is not None else None
+        self._pump = Pump(self.channel, self.accept, lambda request: self.serve(application, request), limit, log)
         self._stopped.wait()
 
     def accept(self, frames: list[bytes]) -> ServiceRequest | None:
@@ -185,7 +185,9 @@ class ServiceConnection:
             return
         self._closed = True
         self._stopped.set()
-        self.socket.close(linger=0)
+        if self._pump is not None:
+            self._pump.close()
+        self.channel.close(linger=0)
         remove_ipc(self.service_addr, self._ipc_inode)
         if self._own_context:
             self.context.term()

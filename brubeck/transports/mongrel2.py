@@ -1,7 +1,7 @@
-"""Serving an application behind Mongrel2 over ZeroMQ (zmq.green): PULL requests, PUB replies.
+"""Serving an application behind Mongrel2 over ZeroMQ: PULL requests, PUB replies, moved by gevent.
 
-Mongrel2 binds both sockets; we connect. Each request is served in its own greenlet (from the
-application's pool when it has one), so a slow handler never holds up the others. A frame that does not
+Mongrel2 binds both sockets; we connect. Each request is served in a worker greenlet of its own (at most
+the size of the application's pool at once), so a slow handler never holds up the others. A frame that does not
 parse is logged and, when its sender and connection id can be read, answered with 400.
 """
 
@@ -11,15 +11,14 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import gevent
-import zmq.green as zmq
+import zmq
 from gevent.event import Event
 
 from brubeck.errors import ProtocolError
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
 from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes
-from brubeck.transports.channel import Channel, lead
+from brubeck.transports.channel import Channel, Pump
 from brubeck.wire.mongrel2 import MAX_REPLY_TARGETS, build_reply
 
 if TYPE_CHECKING:
@@ -48,6 +47,7 @@ class Mongrel2Connection(WebConnection):
         self._out = Channel(self.out_sock)
         self._closed = False
         self._stopped = Event()
+        self._pump: Pump[Request] | None = None
 
     def __repr__(self) -> str:
         return f"Mongrel2Connection({self.pull_addr!r}, {self.pub_addr!r})"
@@ -55,10 +55,11 @@ class Mongrel2Connection(WebConnection):
     # -- receiving ----------------------------------------------------------------------------------
 
     def process_messages(self, application: Brubeck) -> None:
-        """Serve until `close()`: each request in a greenlet of its own (see brubeck.transports.channel)."""
-        spawn = application.pool.spawn if application.pool is not None else gevent.spawn
-        spawn(lead, self._in, lambda frames: self.accept(application, frames[0]),
-              lambda request: self.answer(application, request), spawn, lambda: self._closed, log)
+        """Serve until `close()`: each request runs in a worker greenlet of its own, at most the app's
+        pool size at once (`Brubeck(pool=Pool(n))`), the rest waiting in ZeroMQ's queue meanwhile."""
+        limit = application.pool.size if application.pool is not None else None
+        self._pump = Pump(self._in, lambda frames: self.accept(application, frames[0]),
+                          lambda request: self.answer(application, request), limit, log)
         self._stopped.wait()
 
     def serve(self, application: Brubeck, raw: bytes) -> None:
@@ -138,7 +139,9 @@ class Mongrel2Connection(WebConnection):
             return
         self._closed = True
         self._stopped.set()
-        self.in_sock.close()
-        self.out_sock.close()
+        if self._pump is not None:
+            self._pump.close()
+        self._in.close()
+        self._out.close()
         if self._own_context:
             self.context.term()
