@@ -24,6 +24,7 @@ from typing import Any
 import gevent
 import zmq
 from gevent.event import AsyncResult, Event
+from gevent.hub import Waiter
 from zmq.utils.monitor import parse_monitor_message
 
 from brubeck.transports.channel import Channel
@@ -137,7 +138,7 @@ class ServiceClient:
         A reply with an error status is returned, not raised: see `ServiceResponse.raise_for_status()`.
         """
         limit = self.timeout if timeout is None else timeout
-        waiter: AsyncResult = AsyncResult()
+        waiter = Waiter()
         # No timer of its own: the reaper fails the waiter with ServiceTimeout when the call expires.
         msg_id = self._send(request, Call(request.path, waiter=waiter), limit, time.monotonic() + limit)
         try:
@@ -290,9 +291,9 @@ class ServiceClient:
             return
         call.endpoint.inflight -= 1
         self.stats["replies"] += 1
-        if call.waiter is not None:
-            call.waiter.set(response)
-        elif call.on_reply is not None:
+        if call.resolve(response):
+            return
+        if call.on_reply is not None:
             gevent.spawn(self._run_callback, call.on_reply, response)
         else:
             log.info("reply to %s (%d %s) has no handler", response.path, response.status_code,
@@ -328,8 +329,7 @@ class ServiceClient:
         if call is None:
             return
         call.endpoint.inflight -= 1
-        if call.waiter is not None:
-            call.waiter.set(info)
+        call.resolve(info)
 
     def _fail(self, msg_id: bytes, error: BaseException) -> None:
         call = self.calls.pop(msg_id)
@@ -340,9 +340,9 @@ class ServiceClient:
         self._fail_call(call, error)
 
     def _fail_call(self, call: Call, error: BaseException) -> None:
-        if call.waiter is not None:
-            call.waiter.set_exception(error)
-        elif call.on_error is not None:
+        if call.fail(error):
+            return
+        if call.on_error is not None:
             gevent.spawn(self._run_callback, call.on_error, error)
         else:
             log.warning("call to %s failed: %s", call.path, error)

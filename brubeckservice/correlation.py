@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gevent.event import AsyncResult
+from gevent.hub import Waiter, get_hub
+from greenlet import getcurrent
 
 from brubeckservice.models import ServiceResponse
 
@@ -32,7 +34,8 @@ class Call:
 
     __slots__ = ("endpoint", "on_error", "on_reply", "path", "slot", "waiter")
 
-    def __init__(self, path: str, waiter: AsyncResult | None = None, on_reply: ReplyCallback | None = None,
+    def __init__(self, path: str, waiter: Waiter | AsyncResult | None = None,
+                 on_reply: ReplyCallback | None = None,
                  on_error: ErrorCallback | None = None) -> None:
         self.path = path
         self.waiter = waiter
@@ -40,6 +43,40 @@ class Call:
         self.on_error = on_error
         self.endpoint: Any = None
         self.slot: int | None = None
+
+    # A sync call waits on a gevent Waiter: from the hub (where replies are read) a reply switches
+    # straight into the caller, with no trip through the event loop; from anywhere else the switch is
+    # scheduled in the hub, as Waiter requires. (ping waits on an AsyncResult, for its own timeout.)
+
+    def resolve(self, value: Any) -> bool:
+        """Wake the waiting caller with `value`; False when nobody waits (a fire-and-forget call)."""
+        waiter = self.waiter
+        if isinstance(waiter, Waiter):
+            hub = get_hub()
+            if getcurrent() is hub:
+                waiter.switch(value)
+            else:
+                hub.loop.run_callback(waiter.switch, value)
+            return True
+        if waiter is not None:
+            waiter.set(value)
+            return True
+        return False
+
+    def fail(self, error: BaseException) -> bool:
+        """Raise `error` in the waiting caller; False when nobody waits."""
+        waiter = self.waiter
+        if isinstance(waiter, Waiter):
+            hub = get_hub()
+            if getcurrent() is hub:
+                waiter.throw(error)
+            else:
+                hub.loop.run_callback(waiter.throw, error)
+            return True
+        if waiter is not None:
+            waiter.set_exception(error)
+            return True
+        return False
 
 
 class PendingCalls:
