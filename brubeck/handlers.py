@@ -173,8 +173,8 @@ class MessageHandler:
                 log.exception("%s.on_finish failed on %r", type(self).__name__, self.message)
 
 
-class WebMessageHandler(MessageHandler):
-    """A handler answering an HTTP client: body, headers, cookies, redirects."""
+class HTTPStatusCodes:
+    """Brubeck's HTTP-like status constants, shared by web and service handlers."""
 
     _DEFAULT_STATUS = 500  # default to server error, earn success
     _SUCCESS_CODE = 200
@@ -187,7 +187,11 @@ class WebMessageHandler(MessageHandler):
     _NOT_FOUND = 404
     _NOT_ALLOWED = 405
     _SERVER_ERROR = 500
-    _response_codes: ClassVar[dict[int, str]] = {}
+    _response_codes: ClassVar[dict[int, str]] = {}  # reason phrases come from http.HTTPStatus
+
+
+class WebMessageHandler(HTTPStatusCodes, MessageHandler):
+    """A handler answering an HTTP client: body, headers, cookies, redirects."""
 
     def __init__(self, application: Brubeck, message: Any, *args: Any, **kwargs: Any) -> None:
         self.body: bytes | str = b""

@@ -295,7 +295,7 @@ class Mongrel2Server:
             if status:
                 raise Mongrel2Error(f"m2sh start exited with status {status}")
             pid = self._read_pid()
-            if pid is not None and not _alive(pid):
+            if pid is not None and not process_alive(pid):
                 raise Mongrel2Error(f"mongrel2 pid {pid} exited during start")
             if pid is not None and _accepts(self.http_port) and self._handlers_bound():
                 return pid
@@ -332,7 +332,7 @@ class Mongrel2Server:
 
     def _clear_stale_pid_file(self) -> None:
         pid = self._read_pid()
-        if pid is not None and _alive(pid) and _is_mongrel2(pid):
+        if pid is not None and process_alive(pid) and _is_mongrel2(pid):
             raise Mongrel2Error(f"a mongrel2 (pid {pid}) already runs in {self.workdir}")
         self.pid_file.unlink(missing_ok=True)
 
@@ -427,7 +427,21 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
+def port_in_use(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port, or holds the port so that we could not bind it."""
+    if _accepts(port):
+        return True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: a port in TIME_WAIT after an earlier run is free to bind.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def process_alive(pid: int) -> bool:
     """Whether pid runs; a zombie has stopped, whoever is yet to reap it."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -459,7 +473,7 @@ def _is_mongrel2(pid: int) -> bool:
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     delay = 0.005
-    while _alive(pid):
+    while process_alive(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(delay)

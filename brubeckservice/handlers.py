@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from brubeck.handlers import MessageHandler
+from brubeck.handlers import HTTPStatusCodes, MessageHandler
 from brubeck.wire.http import status_phrase
 from brubeckservice.models import ServiceResponse
 
@@ -24,24 +24,11 @@ log = logging.getLogger("brubeckservice.handlers")
 SERVICE_METHODS = ("get", "post", "put", "delete", "options", "connect", "response", "request")
 
 
-class ServiceMessageHandler(MessageHandler):
+class ServiceMessageHandler(HTTPStatusCodes, MessageHandler):
     """Base class for service handlers; METHODs: get, post, put, delete, options, connect, response,
     request. Status codes are HTTP-like and default to 500 until the handler earns success."""
 
     SUPPORTED_METHODS: ClassVar[tuple[str, ...]] = SERVICE_METHODS
-
-    _DEFAULT_STATUS = 500
-    _SUCCESS_CODE = 200
-    _UPDATED_CODE = 200
-    _CREATED_CODE = 201
-    _MULTI_CODE = 207
-    _FAILED_CODE = 400
-    _AUTH_FAILURE = 401
-    _FORBIDDEN = 403
-    _NOT_FOUND = 404
-    _NOT_ALLOWED = 405
-    _SERVER_ERROR = 500
-    _response_codes: ClassVar[dict[int, str]] = {}
 
     def __init__(self, application: Brubeck, message: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(application, message, *args, **kwargs)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 from gevent.event import Event
 
-from brubeck.transports.channel import Channel, Pump
+from brubeck.transports.channel import Channel, Pump, serve_with_workers
 from brubeckservice import envelope
 from brubeckservice.errors import AuthenticationError, ProtocolError
 from brubeckservice.handlers import ServiceMessageHandler
@@ -75,10 +75,10 @@ class ServiceConnection:
     # -- receiving ----------------------------------------------------------------------------------
 
     def process_messages(self, application: Brubeck) -> None:
-        """Serve until `close()`: each request runs in a worker greenlet of its own, at most the app's
-        pool size at once (`Brubeck(pool=Pool(n))`), the rest waiting in ZeroMQ's queue meanwhile."""
-        limit = application.pool.size if application.pool is not None else None
-        self._pump = Pump(self.channel, self.accept, lambda request: self.serve(application, request), limit, log)
+        """Serve until `close()`: each request runs in a worker greenlet of its own (see
+        brubeck.transports.channel), at most the app's pool size at once."""
+        self._pump = serve_with_workers(application, self.channel, self.accept,
+                                        lambda request: self.serve(application, request), log)
         self._stopped.wait()
 
     def accept(self, frames: list[bytes]) -> ServiceRequest | None:

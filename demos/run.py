@@ -31,7 +31,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +43,8 @@ from types import FrameType
 from typing import IO
 
 import tnetstring  # a dependency of brubeck; this runs with the virtualenv's Python
+
+from brubeck.testing import port_in_use, process_alive
 
 DEMOS_DIR = Path(__file__).resolve().parent
 # Where m2sh runs, so Mongrel2's chroot ('.'); the services' relative ipc:// paths resolve here too. Not
@@ -160,41 +161,6 @@ def _size(path: Path) -> int:
         return 0
 
 
-def port_in_use(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:port, or holds the port so that we could not bind it."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        pass
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As servers do: a port in TIME_WAIT after an earlier run is free to bind.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
-def alive(pid: int) -> bool:
-    """Whether pid is a running process; a zombie is not (it has exited, only its exit status is left)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    # "pid (comm) state ...": comm may hold spaces and parentheses, so split after the last ")".
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
 def is_our_mongrel2(pid: int) -> bool:
     """Whether pid is a mongrel2 confined to (or working in) demos/var: never signal a recycled pid."""
     try:
@@ -215,7 +181,7 @@ def wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         reap(pid)
-        if not alive(pid):
+        if not process_alive(pid):
             return True
         if time.monotonic() >= deadline:
             return False
@@ -298,7 +264,7 @@ class Mongrel2:
             if status:
                 raise DemoError(f"m2sh start failed (exit status {status}); see {M2SH_LOG}")
             pid = _read_pid()
-            if pid is not None and alive(pid) and port_in_use(self.port) and port_in_use(HANDLER_PORTS[0]):
+            if pid is not None and process_alive(pid) and port_in_use(self.port) and port_in_use(HANDLER_PORTS[0]):
                 return pid
             if time.monotonic() >= deadline:
                 raise DemoError(f"Mongrel2 was not serving on port {self.port} after {START_TIMEOUT:g} s")
@@ -320,7 +286,7 @@ class Mongrel2:
     @staticmethod
     def _signal_until_gone(pid: int) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            if alive(pid) and is_our_mongrel2(pid):
+            if process_alive(pid) and is_our_mongrel2(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
             if wait_gone(pid, STOP_TIMEOUT):
@@ -331,7 +297,7 @@ class Mongrel2:
 def running_mongrel2() -> int | None:
     """The pid of a Mongrel2 already serving from demos/var (started by hand, or left by a killed run)."""
     pid = _read_pid()
-    return pid if pid is not None and alive(pid) and is_our_mongrel2(pid) else None
+    return pid if pid is not None and process_alive(pid) and is_our_mongrel2(pid) else None
 
 
 def _read_pid() -> int | None:

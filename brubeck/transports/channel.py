@@ -260,3 +260,11 @@ class Pump(Generic[T]):
 
     def close(self) -> None:
         self.workers.close()
+
+
+def serve_with_workers(application: Any, channel: Channel, accept: Callable[[list[bytes]], T | None],
+                       handle: Callable[[T], None], log: logging.Logger) -> Pump[T]:
+    """A `Pump` for a Brubeck application: at most the app's pool size (`Brubeck(pool=Pool(n))`) of
+    requests are handled at once, the rest wait in ZeroMQ's queue meanwhile."""
+    limit = application.pool.size if application.pool is not None else None
+    return Pump(channel, accept, handle, limit, log)

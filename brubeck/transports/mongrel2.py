@@ -18,7 +18,7 @@ from brubeck.errors import ProtocolError
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
 from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes
-from brubeck.transports.channel import Channel, Pump
+from brubeck.transports.channel import Channel, Pump, serve_with_workers
 from brubeck.wire.mongrel2 import MAX_REPLY_TARGETS, build_reply
 
 if TYPE_CHECKING:
@@ -55,11 +55,10 @@ class Mongrel2Connection(WebConnection):
     # -- receiving ----------------------------------------------------------------------------------
 
     def process_messages(self, application: Brubeck) -> None:
-        """Serve until `close()`: each request runs in a worker greenlet of its own, at most the app's
-        pool size at once (`Brubeck(pool=Pool(n))`), the rest waiting in ZeroMQ's queue meanwhile."""
-        limit = application.pool.size if application.pool is not None else None
-        self._pump = Pump(self._in, lambda frames: self.accept(application, frames[0]),
-                          lambda request: self.answer(application, request), limit, log)
+        """Serve until `close()`: each request runs in a worker greenlet of its own (see
+        brubeck.transports.channel), at most the app's pool size at once."""
+        self._pump = serve_with_workers(application, self._in, lambda frames: self.accept(application, frames[0]),
+                                        lambda request: self.answer(application, request), log)
         self._stopped.wait()
 
     def serve(self, application: Brubeck, raw: bytes) -> None:

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 import pytest
 import requests
 from playwright.sync_api import Browser, Page, sync_playwright
+
+from brubeck.testing import port_in_use, process_alive
 
 REPO = Path(__file__).resolve().parents[2]
 DEMOS = REPO / "demos"
@@ -61,27 +62,7 @@ def chromium_path() -> str | None:
     return found
 
 
-def port_taken(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        pass
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
 # -- the demo's processes and files -------------------------------------------------------------------------
-
-
-def _proc_state(pid: str) -> str:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rpartition(")")[2].split()[0]
 
 
 def demo_processes() -> list[str]:
@@ -95,7 +76,7 @@ def demo_processes() -> list[str]:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if _proc_state(entry.name) in ("Z", "X"):
+            if not process_alive(int(entry.name)):
                 continue
             command = b" ".join(argv).decode(errors="replace")
             if str(DEMOS / "demo_service") in command or str(DEMOS / "run.py") in command:
@@ -225,7 +206,7 @@ def page(browser: Browser) -> Iterator[Page]:
 @pytest.fixture
 def demo(mongrel2_required: None) -> Iterator[RunningDemo]:
     for port in (PORT, *HANDLER_PORTS):
-        if port_taken(port):
+        if port_in_use(port):
             pytest.fail(f"port {port} is already in use: the demo needs port {PORT} (HTTP) and ports "
                         f"{HANDLER_PORTS[0]} and {HANDLER_PORTS[1]} (Mongrel2's handler) free; stop whatever "
                         "holds it and run the tests again")
