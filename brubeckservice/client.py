@@ -27,7 +27,7 @@ from gevent.event import AsyncResult, Event
 from gevent.hub import Waiter
 from zmq.utils.monitor import parse_monitor_message
 
-from brubeck.transports.channel import Channel
+from brubeck.transports.channel import Channel, Workers
 from brubeckservice import envelope
 from brubeckservice.correlation import Call, ErrorCallback, PendingCalls, ReplyCallback
 from brubeckservice.errors import (
@@ -111,6 +111,8 @@ class ServiceClient:
             sock.connect(address)
             self.endpoints.append(endpoint)
         self._greenlets.append(gevent.spawn(self._reap))
+        # Reply and error callbacks run on recycled greenlets: one each while it runs, none created per reply.
+        self._callbacks: Workers[tuple[Any, Any]] = Workers(self._run_callback, log=log)
 
     def __repr__(self) -> str:
         return f"ServiceClient({','.join(self.addresses)!r}, pending={len(self.calls)})"
@@ -294,7 +296,7 @@ class ServiceClient:
         if call.resolve(response):
             return
         if call.on_reply is not None:
-            gevent.spawn(self._run_callback, call.on_reply, response)
+            self._callbacks.dispatch((call.on_reply, response))
         else:
             log.info("reply to %s (%d %s) has no handler", response.path, response.status_code,
                      response.status_msg)
@@ -343,11 +345,12 @@ class ServiceClient:
         if call.fail(error):
             return
         if call.on_error is not None:
-            gevent.spawn(self._run_callback, call.on_error, error)
+            self._callbacks.dispatch((call.on_error, error))
         else:
             log.warning("call to %s failed: %s", call.path, error)
 
-    def _run_callback(self, callback: Any, value: Any) -> None:
+    def _run_callback(self, item: tuple[Any, Any]) -> None:
+        callback, value = item
         try:
             callback(value)
         except Exception:
@@ -404,6 +407,7 @@ class ServiceClient:
             endpoint.monitor.close(linger=0)
             endpoint.channel.close(linger=0)
         gevent.killall(self._greenlets, block=False)
+        self._callbacks.close()
         if self._own_context:
             self.context.term()
 

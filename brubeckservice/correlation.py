@@ -125,9 +125,9 @@ class PendingCalls:
             if bucket is not None:
                 bucket.discard(msg_id)
                 if not bucket:
-                    del self._slots[call.slot]  # `_earliest` may go stale: expire() recomputes it
-                    if not self._slots:
-                        self._earliest = None
+                    # `_earliest` may go stale (the reaper then wakes once for nothing and recomputes it):
+                    # resetting it here would make every sequential call wake the reaper.
+                    del self._slots[call.slot]
         return call
 
     def next_expiry(self) -> float | None:
@@ -151,4 +151,6 @@ class PendingCalls:
         taken = [(i, c) for i, c in self._calls.items() if endpoint is None or c.endpoint is endpoint]
         for msg_id, _ in taken:
             self.pop(msg_id)
+        if not self._slots:
+            self._earliest = None
         return taken

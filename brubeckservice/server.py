@@ -13,8 +13,11 @@ import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+import gevent
 import zmq
 from gevent.event import Event
+from gevent.hub import get_hub
+from greenlet import getcurrent
 
 from brubeck.transports.channel import Channel, Pump, serve_with_workers
 from brubeckservice import envelope
@@ -61,6 +64,7 @@ class ServiceConnection:
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished caller is an error we log
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_size)
+        self.socket.setsockopt(zmq.SNDHWM, 10_000)  # replies queued per caller before it must read
         prepare_ipc(service_addr)
         self.socket.bind(service_addr)
         self.channel = Channel(self.socket)
@@ -171,14 +175,32 @@ class ServiceConnection:
             response = ServiceResponse(status_code=500, status_msg="Handler returned no ServiceResponse",
                                        path=message.path, body={"error": {
                                            "type": "TypeError", "message": "handler did not return render()"}})
-        self._send(list(message.sender), envelope.encode_reply(self.signer, message.msg_id, response, now_ms()))
+        now = now_ms()
+        # A request without a deadline gets the replay window: its caller's view of "too late" anyway.
+        deadline = message.deadline if message.deadline is not None else now + self.window_ms
+        self._send(list(message.sender), envelope.encode_reply(self.signer, message.msg_id, response, now), deadline)
 
-    def _send(self, routing: list[bytes], frames: list[bytes]) -> None:
-        try:
-            self.channel.send([*routing, *frames])
-        except zmq.ZMQError as err:  # EHOSTUNREACH (caller gone) or EAGAIN (caller not reading)
-            self.stats["undeliverable"] += 1
-            log.warning("reply on %s dropped: %s", self.service_addr, err)
+    def _send(self, routing: list[bytes], frames: list[bytes], deadline: int | None = None) -> None:
+        """Send to one caller. When its queue is full (it sends faster than it reads replies), a worker
+        waits for room until the request's deadline (its caller has given up by then); the hub, which
+        must not wait, drops. A caller that is gone (EHOSTUNREACH) is not waited for."""
+        message = [*routing, *frames]
+        pause = 0.001
+        while True:
+            try:
+                self.channel.send(message)
+                return
+            except zmq.Again:
+                if getcurrent() is get_hub() or deadline is None or now_ms() >= deadline:
+                    err: str = "the caller's queue stayed full"
+                    break
+                gevent.sleep(pause)
+                pause = min(pause * 2, 0.05)
+            except zmq.ZMQError as exc:
+                err = str(exc)
+                break
+        self.stats["undeliverable"] += 1
+        log.warning("reply on %s dropped: %s", self.service_addr, err)
 
     def close(self) -> None:
         if self._closed:

@@ -7,12 +7,14 @@ Signatures are compared with `hmac.compare_digest`.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
 
 MAC_SIZE = 32
+_BLOCK = 64  # SHA-256's block size, in bytes
 _length = struct.Struct(">I").pack
 
 
@@ -26,21 +28,34 @@ def mac_input(frames: Sequence[bytes]) -> bytes:
 
 
 class Signer:
-    """Signs and verifies frames with a key derived from nothing but the passphrase itself."""
+    """Signs and verifies frames with HMAC-SHA256 keyed by the passphrase itself.
 
-    __slots__ = ("_key",)
+    HMAC (RFC 2104) is H((K ^ opad) || H((K ^ ipad) || m)). The two keyed SHA-256 states are computed
+    once and copied per message, which gives the same MACs as `hmac.digest` at less than half the cost
+    (the key schedule is most of the work for a short message).
+    """
+
+    __slots__ = ("_inner", "_outer")
 
     def __init__(self, passphrase: str | bytes) -> None:
         key = passphrase.encode("utf-8") if isinstance(passphrase, str) else bytes(passphrase)
         if not key:
             raise ValueError("a service passphrase must not be empty")
-        self._key = key
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
     def __repr__(self) -> str:
         return "Signer(<secret>)"
 
     def sign(self, frames: Sequence[bytes]) -> bytes:
-        return hmac.digest(self._key, mac_input(frames), "sha256")
+        inner = self._inner.copy()
+        inner.update(mac_input(frames))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def verify(self, frames: Sequence[bytes], mac: bytes) -> bool:
         return len(mac) == MAC_SIZE and hmac.compare_digest(self.sign(frames), mac)

@@ -9,12 +9,12 @@ HeaderPairs = Iterable[tuple[str, str]]
 HeaderInput = Mapping[str, str | list[str]] | HeaderPairs
 
 
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}  # an enum lookup costs more than the response
+
+
 def status_phrase(status_code: int) -> str:
     """The standard reason phrase for a status code ('Unknown' for codes http.HTTPStatus lacks)."""
-    try:
-        return HTTPStatus(status_code).phrase
-    except ValueError:
-        return "Unknown"
+    return _PHRASES.get(status_code, "Unknown")
 
 
 def header_pairs(headers: HeaderInput | None) -> list[tuple[str, str]]:

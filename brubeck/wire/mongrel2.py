@@ -38,6 +38,7 @@ HeaderProtocol = Literal["json", "tnetstring"]
 MAX_REPLY_TARGETS = 128
 
 _json_decoder = msgspec.json.Decoder()
+_typed_headers = msgspec.json.Decoder(dict[str, str | list[str]]).decode
 _json_encoder = msgspec.json.Encoder()
 
 
@@ -83,6 +84,11 @@ def _header_value(value: object) -> HeaderValue:
 
 def _decode_headers(raw: object) -> tuple[Headers, HeaderProtocol]:
     if isinstance(raw, bytes):  # netstring holding JSON
+        try:
+            # The usual case: an object of strings and lists of strings, checked by msgspec as it decodes.
+            return _typed_headers(raw), "json"
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            pass  # something unusual (a number, latin-1 bytes, not an object): the careful path says what
         try:
             try:
                 decoded = _json_decoder.decode(raw)

@@ -217,6 +217,19 @@ def test_a_reply_to_a_caller_that_left_is_counted_not_fatal(tmp_path: Path) -> N
         disconnects.close(linger=0)
 
 
+def test_a_caller_slower_to_read_than_to_send_still_gets_every_reply(pair: ServicePair) -> None:
+    # More requests than ZeroMQ's default queues to one caller hold (1,000 each way), sent before any reply
+    # is read: the service must queue or wait for room, not drop replies (the 2013 code dropped them).
+    raw = pair.raw_socket()
+    count = 12_000
+    for seq in range(1, count + 1):
+        request = ServiceRequest(path="/echo", arguments={"RETURN_DATA": seq})
+        raw.send_multipart(envelope.encode_request(SIGNER, b"%d" % seq, request, now_ms(), "flood", seq))
+    seen = {reply_of(receive(raw)).body["RETURN_DATA"] for _ in range(count)}
+    assert seen == set(range(1, count + 1))
+    assert pair.connection.stats["undeliverable"] == 0
+
+
 def test_replies_find_their_callers_among_many_clients(pair: ServicePair) -> None:
     clients = [pair.new_client() for _ in range(5)]
     calls = [gevent.spawn(c.call, "/echo", arguments={"RETURN_DATA": str(n)}) for n, c in enumerate(clients)]
