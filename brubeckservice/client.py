@@ -2,13 +2,14 @@
 
 Topology: the service binds a ROUTER; the client connects one DEALER per service address (several
 addresses = several workers, each call goes to the connected one with the fewest calls in flight). No
-REQ/REP lock-step: any number of calls share a socket, told apart by correlation id. One listener greenlet
-per socket reads replies and hands each to its waiting call, or (for `send`) to the reply callback in a
-new greenlet. A monitor greenlet fails the calls in flight on a connection the moment it drops.
+REQ/REP lock-step: any number of calls share a socket, told apart by correlation id. Replies are read in
+the gevent hub as they arrive (brubeck.transports.channel): each wakes its waiting caller directly, or
+(for `send`) runs the reply callback on a recycled greenlet. Connection events are read the same way: the
+calls in flight on a connection fail the moment it drops.
 
-Never hang: a call waits at most its timeout (ServiceTimeout), a send to a service with no connection
-waits at most `connect_timeout` (ServiceUnavailable), and nothing the peer sends can kill the listener.
-Use a client from the gevent hub (thread) that created it.
+Never hang: a call waits at most its timeout (ServiceTimeout, from the reaper greenlet's timer wheel), a
+send to a service with no connection waits at most `connect_timeout` (ServiceUnavailable), and nothing the
+peer sends can stop the reading. Use a client from the gevent hub (thread) that created it.
 """
 
 from __future__ import annotations

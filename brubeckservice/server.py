@@ -1,10 +1,11 @@
 """`ServiceConnection`: the transport that makes a Brubeck app a service.
 
 It binds a ROUTER at `service_addr`. Each message is checked (shape, signature, age, replay) before any of
-it is trusted; each request then runs in its own greenlet through the app's routes (by path and METHOD),
-and the handler's `ServiceResponse` goes back to the caller's connection under the request's correlation
-id. Bad input never stops the loop: a malformed message is dropped (answered with ERR when it carries an
-id), a forged one is refused with an unsigned ERR 401, and both are counted in `stats` and logged.
+it is trusted; each request then runs in a worker greenlet of its own through the app's routes (by path
+and METHOD), and the handler's `ServiceResponse` goes back to the caller's connection under the request's
+correlation id (waiting for room, up to the request's deadline, when the caller reads slowly). Bad input
+never stops the loop: a malformed message is dropped (answered with ERR when it carries an id), a forged
+one is refused with an unsigned ERR 401, and both are counted in `stats` and logged.
 """
 
 from __future__ import annotations
