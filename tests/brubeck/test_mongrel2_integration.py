@@ -59,40 +59,6 @@ def test_multipart_upload(behind_mongrel2: Running) -> None:
     assert seen["files"] == {"doc": [["a.bin", "application/x-thing", data.decode("latin-1")]]}
 
 
-def test_signed_cookie_round_trip_and_a_tampered_cookie(behind_mongrel2: Running) -> None:
-    login = fetch("POST", f"{behind_mongrel2.url}/login", data={"user": "ann"})
-    assert "HttpOnly" in login.headers["Set-Cookie"]
-    session = login.cookies["session"]
-    assert fetch("GET", f"{behind_mongrel2.url}/me", cookies={"session": session}).text == "you are ann"
-    tampered = fetch("GET", f"{behind_mongrel2.url}/me", cookies={"session": "x" + session})
-    assert tampered.status_code == 401
-    assert fetch("GET", f"{behind_mongrel2.url}/me").status_code == 401
-
-
-def test_redirect(behind_mongrel2: Running) -> None:
-    response = fetch("GET", f"{behind_mongrel2.url}/old")
-    assert (response.status_code, response.headers["Location"]) == (302, "/hello?name=redirected")
-    followed = fetch("GET", f"{behind_mongrel2.url}/old", allow_redirects=True)
-    assert (followed.status_code, followed.text) == (200, "hello redirected")
-
-
-def test_an_unknown_path_is_a_404(behind_mongrel2: Running) -> None:
-    assert fetch("GET", f"{behind_mongrel2.url}/nowhere").status_code == 404
-
-
-def test_a_method_not_served_is_a_405_with_allow(behind_mongrel2: Running) -> None:
-    by_handler = fetch("DELETE", f"{behind_mongrel2.url}/readonly")
-    assert (by_handler.status_code, by_handler.headers["Allow"]) == (405, "GET")
-    by_route = fetch("GET", f"{behind_mongrel2.url}/submit")
-    assert (by_route.status_code, by_route.headers["Allow"]) == (405, "POST")
-    assert fetch("POST", f"{behind_mongrel2.url}/submit").status_code == 201
-
-
-def test_a_raising_handler_is_a_500_and_the_next_request_is_served(behind_mongrel2: Running) -> None:
-    assert fetch("GET", f"{behind_mongrel2.url}/boom").status_code == 500
-    assert fetch("GET", f"{behind_mongrel2.url}/hello").text == "hello world"
-
-
 def test_connection_close_closes_the_connection(behind_mongrel2: Running) -> None:
     raw = send_until_closed(behind_mongrel2.port, b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert parse_response(raw)[::2] == (200, b"hello world")
