@@ -1,16 +1,14 @@
 """The sample application behind a REAL Mongrel2, over real HTTP.
 
 Mongrel2 runs as its own process (brubeck.testing.Mongrel2Server); the application runs in this process's
-gevent hub with Mongrel2Connection.process_messages; clients run in OS threads (see http_client.py). The same
-handler classes are served over WSGI in test_wsgi.py.
+gevent hub with Mongrel2Connection.process_messages; clients run in OS threads (see http_client.py). What
+both transports must do alike is in test_transports.py; this module holds what is Mongrel2's own.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -20,22 +18,14 @@ from brubeck.connections import Mongrel2Connection
 from tests.brubeck.conftest import UPLOAD_THRESHOLD
 from tests.brubeck.fake_mongrel2 import SENDER, FakeMongrel2
 from tests.brubeck.http_client import (
-    CLIENT_TIMEOUT,
     fetch,
     parse_response,
-    send_on_one_connection,
     send_until_closed,
-    spawn_in_thread,
 )
-from tests.brubeck.sample_app import SLOW_SECONDS, Running
+from tests.brubeck.sample_app import Running
 
 pytestmark = pytest.mark.mongrel2
 
-
-def test_get_with_a_query(behind_mongrel2: Running) -> None:
-    response = fetch("GET", f"{behind_mongrel2.url}/hello?name=mongrel2")
-    assert (response.status_code, response.text) == (200, "hello mongrel2")
-    assert response.headers["Content-Type"] == "text/plain"
 
 
 def test_what_the_handler_sees_of_a_request(behind_mongrel2: Running) -> None:
@@ -45,58 +35,13 @@ def test_what_the_handler_sees_of_a_request(behind_mongrel2: Running) -> None:
     assert (seen["arguments"], seen["cookies"]) == ({"x": ["1", "2"]}, {"a": "b", "c": "d"})
 
 
-def test_post_form(behind_mongrel2: Running) -> None:
-    response = fetch("POST", f"{behind_mongrel2.url}/echo?from=query", data={"x": ["1", "2"], "msg": "hi there!"})
-    assert response.json()["arguments"] == {"from": ["query"], "x": ["1", "2"], "msg": ["hi there!"]}
 
 
-def test_multipart_upload(behind_mongrel2: Running) -> None:
-    data = bytes(range(256))
-    response = fetch("POST", f"{behind_mongrel2.url}/echo", data={"title": "Hello"},
-                     files={"doc": ("a.bin", io.BytesIO(data), "application/x-thing")})
-    seen = response.json()
-    assert seen["arguments"] == {"title": ["Hello"]}
-    assert seen["files"] == {"doc": [["a.bin", "application/x-thing", data.decode("latin-1")]]}
 
 
-def test_connection_close_closes_the_connection(behind_mongrel2: Running) -> None:
-    raw = send_until_closed(behind_mongrel2.port, b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert parse_response(raw)[::2] == (200, b"hello world")
 
 
-def test_http_10_is_answered_and_closed(behind_mongrel2: Running) -> None:
-    raw = send_until_closed(behind_mongrel2.port, b"GET /hello?name=old HTTP/1.0\r\n\r\n")
-    assert parse_response(raw)[::2] == (200, b"hello old")
 
-
-def test_http_11_keeps_the_connection_open(behind_mongrel2: Running) -> None:
-    request = b"GET /hello?name=%d HTTP/1.1\r\nHost: x\r\n\r\n"
-    answers = send_on_one_connection(behind_mongrel2.port, [request % 1, request % 2])
-    assert answers == [(200, b"hello 1"), (200, b"hello 2")]
-
-
-def test_two_slow_requests_are_served_in_parallel(behind_mongrel2: Running) -> None:
-    started = time.monotonic()
-    pending = [spawn_in_thread(fetch, "GET", f"{behind_mongrel2.url}/slow") for _ in range(2)]
-    assert [result.get(timeout=CLIENT_TIMEOUT).text for result in pending] == ["slept", "slept"]
-    assert time.monotonic() - started < 1.8 * SLOW_SECONDS
-
-
-def test_a_deferred_reply_answers_the_request(behind_mongrel2: Running) -> None:
-    response = fetch("GET", f"{behind_mongrel2.url}/deferred")
-    assert (response.status_code, response.text) == (200, "answered later")
-
-
-def test_a_hand_built_response_goes_through_unchanged(behind_mongrel2: Running) -> None:
-    raw = send_until_closed(behind_mongrel2.port, b"GET /raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    status, headers, body = parse_response(raw)
-    assert (status, body, headers.get_all("Content-Length")) == (200, b"raw body", ["8"])
-
-
-def test_a_header_value_in_latin1_reaches_the_handler(behind_mongrel2: Running) -> None:
-    # Mongrel2 copies the byte 0xE9 into its JSON headers as it is: not UTF-8.
-    response = fetch("GET", f"{behind_mongrel2.url}/echo", headers={"X-Name": "caf\u00e9"})
-    assert response.json()["x-name"] == "caf\u00e9"
 
 
 def mongrel2_connection(running: Running) -> Mongrel2Connection:
