@@ -6,16 +6,12 @@ field's type, and a bad field is a `ProtocolError`, not a crash deeper in.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import msgspec
 
 from brubeckservice.errors import RemoteServiceError
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+from brubeckservice.sockets import now_ms
 
 
 class ServiceRequest(msgspec.Struct, kw_only=True):
