@@ -282,12 +282,8 @@ class JSONMessageHandler(WebMessageHandler):
         self.headers["Content-Type"] = "application/json"
 
     def render(self, status_code: int | None = None, http_200: bool = False, **kwargs: Any) -> HTTPResponse:
-        if status_code is not None:
-            self.set_status(status_code)
-        self.add_to_payload(self._STATUS_CODE, self.status_code)
-        self.add_to_payload(self._STATUS_MSG, self.status_msg)
-        self.add_to_payload(self._TIMESTAMP, int(time.time() * 1000))
-        self.body = msgspec.json.encode(self._payload)
+        # The payload stamped with status and timestamp, as every MessageHandler renders it, as JSON.
+        self.body = msgspec.json.encode(MessageHandler.render(self, status_code))
         if http_200:
             self.set_status(200)
         return HTTPResponse(self.body, self.status_code, self.status_msg, self._header_pairs())
