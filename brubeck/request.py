@@ -11,7 +11,7 @@ from functools import cached_property
 
 from brubeck.cookies import parse_cookie_header
 from brubeck.forms import Arguments, Files, parse_body, parse_query
-from brubeck.wire.mongrel2 import HeaderValue, Mongrel2Message, header, parse_message
+from brubeck.wire.mongrel2 import HeaderValue, Mongrel2Message, header, is_disconnect_notice, parse_message
 
 UPLOAD_START = "x-mongrel2-upload-start"
 UPLOAD_DONE = "x-mongrel2-upload-done"
@@ -47,7 +47,7 @@ class Request:
 
     def is_disconnect(self) -> bool:
         """True for Mongrel2's notice that the client went away; it must not be answered."""
-        return self.method == "JSON" and self.path == "@*" and self.body.startswith(b'{"type":"disconnect"')
+        return is_disconnect_notice(self.method, self.path, self.body)
 
     def should_close(self) -> bool:
         """True when the connection must be closed after the response (Connection: close, HTTP/1.0)."""

@@ -60,7 +60,12 @@ class Mongrel2Message:
 
     def is_disconnect(self) -> bool:
         """True for Mongrel2's notice that a client went away (never answer it)."""
-        return self.method == "JSON" and self.path == "@*" and self.body.startswith(b'{"type":"disconnect"')
+        return is_disconnect_notice(self.method, self.path, self.body)
+
+
+def is_disconnect_notice(method: str, path: str, body: bytes) -> bool:
+    """Mongrel2's notice that a client went away: METHOD JSON, path "@*", body {"type":"disconnect"}."""
+    return method == "JSON" and path == "@*" and body.startswith(b'{"type":"disconnect"')
 
 
 def _text(value: bytes) -> str:
