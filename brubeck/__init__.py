@@ -6,7 +6,8 @@ from brubeck.handlers import JSONMessageHandler, MessageHandler, WebMessageHandl
 from brubeck.request import Request
 from brubeck.response import HTTPResponse, render
 
-__version__ = "0.5.0"
+# The version of the brubeck-service distribution, which ships both packages (pyproject.toml reads it here).
+__version__ = "0.3.0"
 
 __all__ = [
     "Brubeck",

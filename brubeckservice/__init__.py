@@ -1,7 +1,9 @@
 """brubeck-service: Brubeck apps calling each other over ZeroMQ, sync or fire-and-forget."""
 
+from brubeck import __version__ as __version__  # one distribution, one version
 from brubeckservice.client import ServiceClient
 from brubeckservice.errors import (
+    AddressInUse,
     AuthenticationError,
     ProtocolError,
     RemoteServiceError,
@@ -15,9 +17,8 @@ from brubeckservice.mixin import ServiceClientMixin
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.server import ServiceConnection
 
-__version__ = "0.2.0"
-
 __all__ = [
+    "AddressInUse",
     "AuthenticationError",
     "ProtocolError",
     "RemoteServiceError",

@@ -26,3 +26,10 @@ def mongrel2(mongrel2_required: None) -> Iterator[Mongrel2Server]:
     """A started :class:`Mongrel2Server` with default settings, stopped after the test."""
     with Mongrel2Server() as server:
         yield server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs Mongrel2 (through `mongrel2_required`) `mongrel2`, so `-m` can select it."""
+    for item in items:
+        if "mongrel2_required" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mongrel2)

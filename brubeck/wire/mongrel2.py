@@ -93,14 +93,14 @@ def _decode_headers(raw: object) -> tuple[Headers, HeaderProtocol]:
             # The usual case: an object of strings and lists of strings, checked by msgspec as it decodes.
             return _typed_headers(raw), "json"
         except (msgspec.DecodeError, UnicodeDecodeError):
-            pass  # something unusual (a number, latin-1 bytes, not an object): the careful path says what
+            # Something unusual: a number, not an object, or bytes that are not UTF-8. Which exception msgspec
+            # raises for invalid UTF-8 changed between versions (UnicodeDecodeError, then DecodeError), so the
+            # careful path decides about the bytes itself and hands msgspec text.
+            pass
         try:
-            try:
-                decoded = _json_decoder.decode(raw)
-            except UnicodeDecodeError:
-                # Mongrel2 copies a client's header bytes into the JSON unchanged, so a latin-1 header value
-                # makes the block invalid UTF-8; read it as latin-1 rather than fail the request (as _text).
-                decoded = _json_decoder.decode(raw.decode("latin-1"))
+            # Mongrel2 copies a client's header bytes into the JSON unchanged, so a latin-1 header value makes
+            # the block invalid UTF-8; read it as latin-1 rather than fail the request (as _text).
+            decoded = _json_decoder.decode(_text(raw))
         except msgspec.DecodeError as exc:
             raise ProtocolError(f"Mongrel2 headers are not valid JSON: {exc}") from None
         protocol: HeaderProtocol = "json"

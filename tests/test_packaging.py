@@ -1,0 +1,61 @@
+"""The distribution's promises: one version everywhere, and lower bounds that a CI job actually installs."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+import brubeck
+import brubeckservice
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+LOWEST = ROOT / ".ci" / "lowest-versions.txt"
+# The test tools the lowest-versions job runs with (it runs pytest, and the tests import requests).
+LOWEST_JOB_TEST_TOOLS = {"pytest", "requests"}
+
+
+def lower_bounds(requirements: list[str]) -> dict[str, str]:
+    bounds = {}
+    for requirement in requirements:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9.]*)", requirement)
+        if match:
+            bounds[match.group(1).lower()] = match.group(2)
+    return bounds
+
+
+def pinned(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, pin = line.partition("==")
+            pins[name.strip().lower()] = pin.strip()
+    return pins
+
+
+def test_every_runtime_dependency_has_a_lower_bound_the_lowest_job_installs() -> None:
+    runtime = PYPROJECT["project"]["dependencies"]
+    bounds = lower_bounds(runtime)
+    assert len(bounds) == len(runtime), f"every runtime dependency needs a '>=' lower bound: {runtime}"
+    pins = pinned(LOWEST)
+    for name, bound in bounds.items():
+        assert pins.get(name) == bound, f"{name}>={bound} in pyproject.toml, but {LOWEST.name} pins {pins.get(name)}"
+
+
+def test_the_lowest_job_pins_the_test_tools_it_runs_at_their_lower_bounds() -> None:
+    bounds = lower_bounds(PYPROJECT["project"]["optional-dependencies"]["test"])
+    pins = pinned(LOWEST)
+    for name in LOWEST_JOB_TEST_TOOLS:
+        assert pins.get(name) == bounds[name], f"{name}>={bounds[name]} in pyproject.toml, {LOWEST.name}: {pins.get(name)}"
+    stray = set(pins) - set(lower_bounds(PYPROJECT["project"]["dependencies"])) - LOWEST_JOB_TEST_TOOLS
+    assert not stray, f"{LOWEST.name} pins packages the lowest job does not prove: {stray}"
+
+
+def test_one_version_for_the_distribution_both_packages_and_the_readme() -> None:
+    installed = version("brubeck-service")
+    assert brubeck.__version__ == installed
+    assert brubeckservice.__version__ == installed
+    assert f"brubeck-service {installed}" in (ROOT / "README.md").read_text()
