@@ -19,9 +19,9 @@ from typing import Any
 
 import msgspec
 
-from brubeckservice.errors import AuthenticationError, ProtocolError
+from brubeckservice.errors import AuthenticationError, ProtocolError, RequestExpired
 from brubeckservice.models import ServiceRequest, ServiceResponse
-from brubeckservice.signing import ReplayGuard, Signer
+from brubeckservice.signing import ReplayGuard, Signer, outside_window
 
 MARKER = b"BRS1"
 REQ, REP, PING, PONG, ERR = b"REQ", b"REP", b"PING", b"PONG", b"ERR"
@@ -124,7 +124,8 @@ def encode_error(msg_id: bytes, status: int, msg: str, now_ms: int) -> list[byte
 def split_routing(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     """Split what a ROUTER received into (routing frames, envelope frames): the envelope is the last six."""
     if len(frames) < FRAMES + 1:
-        raise ProtocolError(f"expected routing frames and {FRAMES} envelope frames, got {len(frames)} frames")
+        raise ProtocolError(f"expected at least one routing frame and then the {FRAMES} envelope frames, got "
+                            f"{len(frames)} frames in all")
     return frames[:-FRAMES], frames[-FRAMES:]
 
 
@@ -150,15 +151,19 @@ def _authenticate(envelope: Envelope, signer: Signer) -> None:
 
 
 def _fresh(timestamp: int, now_ms: int, window_ms: int) -> None:
-    if abs(now_ms - timestamp) > window_ms:
-        raise AuthenticationError(f"timestamp is {abs(now_ms - timestamp) / 1000:.1f}s from this host's clock")
+    problem = outside_window(timestamp, now_ms, window_ms)
+    if problem is not None:
+        raise AuthenticationError(problem)
 
 
 def open_request(envelope: Envelope, signer: Signer, now_ms: int, guard: ReplayGuard) -> ServiceRequest:
-    """The request inside a REQ envelope, after checking its signature, age and uniqueness.
+    """The request inside a REQ envelope, after checking its signature, deadline, age and uniqueness.
 
-    Raises `AuthenticationError` (forged, unsigned, stale, replayed) or `ProtocolError` (a field of the
-    wrong type: the peer holds the key, so it is a bug there, not an attack).
+    Raises `AuthenticationError` (forged, unsigned, stale, replayed), `ProtocolError` (a field of the
+    wrong type: the peer holds the key, so it is a bug there, not an attack) or `RequestExpired` (genuine,
+    but its `deadline` has passed: its caller stopped waiting, so it must be neither served nor answered).
+    The deadline is checked before the replay window, so a request that queued too long is reported as
+    late, not as a clock problem; it touches no replay state, as it will not be served.
     """
     _authenticate(envelope, signer)
     try:
@@ -166,6 +171,9 @@ def open_request(envelope: Envelope, signer: Signer, now_ms: int, guard: ReplayG
         arguments = _arguments(envelope.body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProtocolError(f"request: {exc}") from None
+    if header.deadline is not None and header.deadline < now_ms:
+        raise RequestExpired(f"arrived {(now_ms - header.deadline) / 1000:.1f}s after its caller's deadline (it "
+                             "waited in a queue, or the clocks of caller and service disagree)")
     problem = guard.check(header.sid, header.seq, header.ts, now_ms)
     if problem is not None:
         raise AuthenticationError(problem)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from brubeck.errors import BrubeckError
+from brubeck.errors import BrubeckError, ConfigurationError
 from brubeck.errors import ProtocolError as BrubeckProtocolError
 
 if TYPE_CHECKING:
@@ -41,10 +41,30 @@ class AuthenticationError(ServiceError):
     status_code = HTTPStatus.BAD_GATEWAY
 
 
+class RequestExpired(ServiceError):
+    """A request reached the service after its caller's deadline. It is not served and not answered: its
+    caller has stopped waiting (it queued while the service was down or busy, or the clocks disagree)."""
+
+    status_code = HTTPStatus.GATEWAY_TIMEOUT
+
+
 class RequestTooLarge(ServiceError):
     """The encoded request is larger than the client's `max_message_size`; it was not sent."""
 
     status_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class AddressInUse(ServiceError, ConfigurationError):
+    """A `ServiceConnection` was given an address that a live process already serves. Nothing was bound:
+    the running service keeps its address (libzmq alone would take an ipc:// path over silently)."""
+
+    status_code = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def __init__(self, address: str, pid: int | None = None, holder: str = "") -> None:
+        self.address = address
+        self.pid = pid
+        super().__init__(f"a service is already serving {address}{holder}; stop it, or give this one another "
+                         "address")
 
 
 class ProtocolError(ServiceError, BrubeckProtocolError):

@@ -20,18 +20,22 @@ from gevent.event import Event
 from gevent.hub import get_hub
 from greenlet import getcurrent
 
+from brubeck.errors import ConfigurationError
 from brubeck.transports.channel import Channel, Pump, serve_with_workers
 from brubeckservice import envelope
-from brubeckservice.errors import AuthenticationError, ProtocolError
+from brubeckservice.errors import AddressInUse, AuthenticationError, ProtocolError, RequestExpired
 from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import ReplayGuard, Signer
 from brubeckservice.sockets import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    describe_process,
     ipc_inode,
+    ipc_listener,
     now_ms,
     prepare_ipc,
     remove_ipc,
+    tcp_listener_pid,
 )
 
 if TYPE_CHECKING:
@@ -66,8 +70,13 @@ class ServiceConnection:
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished caller is an error we log
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_size)
         self.socket.setsockopt(zmq.SNDHWM, 10_000)  # replies queued per caller before it must read
-        prepare_ipc(service_addr)
-        self.socket.bind(service_addr)
+        try:
+            self._bind(service_addr)
+        except BaseException:
+            self.socket.close(linger=0)
+            if self._own_context:
+                self.context.term()
+            raise
         self.channel = Channel(self.socket)
         self._ipc_inode = ipc_inode(service_addr)
         self._closed = False
@@ -76,6 +85,27 @@ class ServiceConnection:
 
     def __repr__(self) -> str:
         return f"ServiceConnection({self.service_addr!r})"
+
+    def _bind(self, address: str) -> None:
+        """Bind, unless a live process serves `address` already (`AddressInUse`); a stale ipc socket file
+        left by a dead process is reclaimed."""
+        if address.startswith("ipc://"):
+            prepare_ipc(address)
+            try:
+                live, pid = ipc_listener(address)
+            except FileExistsError as exc:
+                raise ConfigurationError(f"cannot serve {address}: {exc}") from None
+            if live:
+                raise AddressInUse(address, pid, describe_process(pid))
+            if ipc_inode(address) is not None:
+                log.info("reclaiming %s: its socket file was left by a process that is gone", address)
+        try:
+            self.socket.bind(address)
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EADDRINUSE:
+                pid = tcp_listener_pid(address) if address.startswith("tcp://") else None
+                raise AddressInUse(address, pid, describe_process(pid)) from None
+            raise ConfigurationError(f"cannot serve {address}: {exc}") from None
 
     # -- receiving ----------------------------------------------------------------------------------
 
@@ -93,8 +123,11 @@ class ServiceConnection:
             env = envelope.parse(body)
         except ProtocolError as err:
             self.stats["malformed"] += 1
-            log.warning("dropped malformed message on %s: %s", self.service_addr, err)
-            self._reject_malformed(frames, err)
+            status = self._reject_malformed(frames, err)
+            if status is None:
+                log.warning("dropped malformed message on %s (no id to answer): %s", self.service_addr, err)
+            else:
+                log.warning("malformed message on %s, answered ERR %d: %s", self.service_addr, status, err)
             return None
         if env.kind == envelope.REQ:
             return self._open_request(routing, env)
@@ -102,7 +135,8 @@ class ServiceConnection:
             self._pong(routing, env)
             return None
         self.stats["malformed"] += 1
-        log.warning("dropped unexpected %r message on %s", env.kind, self.service_addr)
+        log.warning("refused unexpected %r message %r on %s, answered ERR 400", env.kind, env.msg_id,
+                    self.service_addr)
         self._send(routing, envelope.encode_error(env.msg_id, 400, f"a service does not accept {env.kind!r}",
                                                   now_ms()))
         return None
@@ -113,32 +147,35 @@ class ServiceConnection:
             request = envelope.open_request(env, self.signer, now, self.guard)
         except AuthenticationError as err:
             self.stats["forged"] += 1
-            log.warning("refused request %r on %s: %s", env.msg_id, self.service_addr, err)
+            log.warning("refused request %r on %s, answered ERR 401: %s", env.msg_id, self.service_addr, err)
             self._send(routing, envelope.encode_error(env.msg_id, 401, str(err), now))
+            return None
+        except RequestExpired as err:
+            # Its caller has given up: no work, and no answer (docs/protocol.md, REQ).
+            self.stats["expired"] += 1
+            log.info("skipped request %r on %s, not answered: %s", env.msg_id, self.service_addr, err)
             return None
         except ProtocolError as err:
             # Correctly signed, so the caller holds the key: answer with a signed 400 it can trust.
             self.stats["malformed"] += 1
-            log.warning("malformed request %r on %s: %s", env.msg_id, self.service_addr, err)
+            log.warning("malformed request %r on %s, answered REP 400: %s", env.msg_id, self.service_addr, err)
             bad = ServiceResponse(status_code=400, status_msg="Bad Request",
                                   body={"error": {"type": "ProtocolError", "message": str(err)}})
             self._send(routing, envelope.encode_reply(self.signer, env.msg_id, bad, now))
             return None
-        if request.deadline is not None and request.deadline < now:
-            self.stats["expired"] += 1
-            log.info("skipped %s %s: its caller stopped waiting %d ms ago", request.method, request.path,
-                     now - request.deadline)
-            return None
         request.sender = tuple(routing)
         return request
 
-    def _reject_malformed(self, frames: list[bytes], err: ProtocolError) -> None:
-        # Answer only what looks like our protocol with a usable id, so the caller fails fast.
+    def _reject_malformed(self, frames: list[bytes], err: ProtocolError) -> int | None:
+        """Answer what looks like our protocol with a usable id with ERR, so the caller fails fast; return
+        the status sent, or None when nothing was answered."""
         if len(frames) >= 7 and frames[-6][:3] == envelope.MARKER[:3]:
             msg_id = frames[-4]
             status = 400 if frames[-6] == envelope.MARKER else 505  # 505: another protocol version
             if 0 < len(msg_id) <= envelope.MAX_ID_SIZE:
                 self._send(frames[:-6], envelope.encode_error(msg_id, status, str(err), now_ms()))
+                return status
+        return None
 
     def _pong(self, routing: list[bytes], env: envelope.Envelope) -> None:
         now = now_ms()
@@ -201,7 +238,7 @@ class ServiceConnection:
                 err = str(exc)
                 break
         self.stats["undeliverable"] += 1
-        log.warning("reply on %s dropped: %s", self.service_addr, err)
+        log.warning("could not deliver on %s, dropped: %s", self.service_addr, err)
 
     def close(self) -> None:
         if self._closed:

@@ -61,6 +61,18 @@ class Signer:
         return len(mac) == MAC_SIZE and hmac.compare_digest(self.sign(frames), mac)
 
 
+def outside_window(timestamp_ms: int, now_ms: int, window_ms: int) -> str | None:
+    """Why a signed message's timestamp is refused (more than `window_ms` from `now_ms`), or None."""
+    age = now_ms - timestamp_ms
+    if age > window_ms:
+        return (f"sent {age / 1000:.1f}s ago by the sender's clock, beyond the {window_ms / 1000:g}s replay "
+                "window (held in a queue that long, replayed, or the clocks disagree)")
+    if -age > window_ms:
+        return (f"timestamp is {-age / 1000:.1f}s ahead of this host's clock, beyond the {window_ms / 1000:g}s "
+                "replay window (the clocks disagree: synchronise them with NTP)")
+    return None
+
+
 class ReplayGuard:
     """Refuses stale and replayed requests, in memory bounded by the number of callers.
 
@@ -83,8 +95,9 @@ class ReplayGuard:
 
     def check(self, sid: str, seq: int, timestamp_ms: int, now_ms: int) -> str | None:
         """None if the message may be accepted (and remember it), else the reason to refuse it."""
-        if abs(now_ms - timestamp_ms) > self.window_ms:
-            return f"timestamp is {abs(now_ms - timestamp_ms) / 1000:.1f}s from this host's clock"
+        problem = outside_window(timestamp_ms, now_ms, self.window_ms)
+        if problem is not None:
+            return problem
         sessions = self._sessions
         state = sessions.get(sid)
         if state is None:

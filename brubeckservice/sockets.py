@@ -1,9 +1,11 @@
-"""Socket plumbing shared by the client and the service: addresses, options, clocks."""
+"""Addresses shared by the client and the service: parsing, ipc files, who holds an address; a clock."""
 
 from __future__ import annotations
 
 import os
+import socket as pysocket
 import stat
+import struct
 import time
 from collections.abc import Sequence
 
@@ -56,3 +58,92 @@ def remove_ipc(address: str, inode: int | None) -> None:
             os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+# -- who holds an address -----------------------------------------------------------------------------
+#
+# libzmq's ipc bind unlinks whatever file is at the path and binds a new socket there, so a second service
+# would silently take the address over while the first keeps running, unreachable. Before binding, a service
+# asks whether a live process listens at the path (a plain AF_UNIX connect: refused means a stale file left
+# by a dead process, which may be reclaimed). The kernel names the listener's pid (SO_PEERCRED). For tcp the
+# OS refuses a second bind itself (EADDRINUSE); /proc then tells which process holds the port.
+
+
+def _ipc_path(address: str) -> str:
+    path = address[len("ipc://"):]
+    return "\0" + path[1:] if path.startswith("@") else path  # libzmq's "@name": Linux's abstract namespace
+
+
+def ipc_listener(address: str) -> tuple[bool, int | None]:
+    """(True, pid or None) when a live process listens at this ipc:// address; (False, None) when nothing
+    does (no file, or a stale socket file left by a dead process). Raises `FileExistsError` when the path is
+    something other than a socket (libzmq would delete it)."""
+    path = _ipc_path(address)
+    if not path.startswith("\0"):
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            return False, None
+        if not stat.S_ISSOCK(mode):
+            raise FileExistsError(f"{path} exists and is not a socket")
+    probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False, None
+    except OSError:
+        return True, None  # e.g. a full backlog: someone is there
+    try:
+        creds = probe.getsockopt(pysocket.SOL_SOCKET, pysocket.SO_PEERCRED, struct.calcsize("3i"))
+        pid: int | None = struct.unpack("3i", creds)[0] or None
+    except OSError:
+        pid = None
+    finally:
+        probe.close()
+    return True, pid
+
+
+def tcp_listener_pid(address: str) -> int | None:
+    """The pid of the process listening on this tcp:// address's port, when /proc can tell (Linux, and a
+    process this user may inspect); None otherwise."""
+    port_text = address.rsplit(":", 1)[-1]
+    if not port_text.isdigit():
+        return None
+    port = f"{int(port_text):04X}"
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows, None)
+                for row in rows:
+                    fields = row.split()
+                    # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 is the socket's inode.
+                    if len(fields) > 9 and fields[1].endswith(":" + port) and fields[3] == "0A":
+                        inodes.add(f"socket:[{fields[9]}]")
+        except OSError:
+            continue
+    if not inodes:
+        return None
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                if os.readlink(fd.path) in inodes:
+                    return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def describe_process(pid: int | None) -> str:
+    """' (pid N: its command line)' for an error message, or '' when the pid is unknown."""
+    if pid is None:
+        return ""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        command = ""
+    return f" (pid {pid}: {command:.120})" if command else f" (pid {pid})"

@@ -34,7 +34,7 @@ from brubeckservice.envelope import (
     parse,
     split_routing,
 )
-from brubeckservice.errors import AuthenticationError, ProtocolError
+from brubeckservice.errors import AuthenticationError, ProtocolError, RequestExpired
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import ReplayGuard, Signer
 
@@ -225,7 +225,8 @@ def test_split_routing_takes_the_last_six_frames_as_the_envelope() -> None:
 def test_split_routing_needs_a_routing_frame() -> None:
     with pytest.raises(ProtocolError) as refused:
         split_routing(REQUEST)
-    assert str(refused.value) == "expected routing frames and 6 envelope frames, got 6 frames"
+    assert str(refused.value) == ("expected at least one routing frame and then the 6 envelope frames, "
+                                  "got 6 frames in all")
 
 
 # -- refused: the content (signed by a peer holding the key) ---------------------------------------------
@@ -302,16 +303,38 @@ def test_the_signature_is_checked_before_anything_is_parsed() -> None:
         read(forged, TS)
 
 
-@pytest.mark.parametrize(("frames", "now"), [
-    (REQUEST, TS + 60_000),
-    (REQUEST, TS - 60_000),
-    (REPLY, TS + 65_003),
-    (GOLDEN[5].frames, TS + 60_005),  # PONG
+STALE = ("sent 60.0s ago by the sender's clock, beyond the 30s replay window (held in a queue that long, "
+         "replayed, or the clocks disagree)")
+AHEAD = ("timestamp is 60.0s ahead of this host's clock, beyond the 30s replay window (the clocks disagree: "
+         "synchronise them with NTP)")
+UNBOUNDED_REQUEST = resigned(REQUEST, 3, b'{"ts":1700000000000,"sid":"0123456789abcdef","seq":1,'
+                                        b'"path":"/service/slow"}')  # no deadline
+
+
+@pytest.mark.parametrize(("frames", "now", "message"), [
+    (UNBOUNDED_REQUEST, TS + 60_000, STALE),
+    (REQUEST, TS - 60_000, AHEAD),
+    (REPLY, TS + 65_003, STALE),
+    (GOLDEN[5].frames, TS + 60_005, STALE),  # PONG
 ])
-def test_a_stale_message_is_an_authentication_error(frames: list[bytes], now: int) -> None:
+def test_a_stale_message_is_an_authentication_error(frames: list[bytes], now: int, message: str) -> None:
     with pytest.raises(AuthenticationError) as refused:
         read(frames, now)
-    assert str(refused.value) == "timestamp is 60.0s from this host's clock"
+    assert str(refused.value) == message
+
+
+def test_a_request_past_its_deadline_is_expired_not_a_clock_or_key_problem() -> None:
+    guard = ReplayGuard()
+    with pytest.raises(RequestExpired) as refused:
+        open_request(parse(REQUEST), SIGNER, TS + 60_000, guard)  # deadline TS + 30 s
+    assert str(refused.value) == ("arrived 30.0s after its caller's deadline (it waited in a queue, or the "
+                                  "clocks of caller and service disagree)")
+    assert len(guard) == 0  # not served, so no replay state
+
+
+def test_a_forged_request_past_its_deadline_is_still_refused_as_forged() -> None:
+    with pytest.raises(AuthenticationError, match="bad or missing signature"):
+        read(with_mac(REQUEST, b""), TS + 60_000)
 
 
 def test_an_unsigned_err_is_accepted_though_it_carries_no_data() -> None:
@@ -336,7 +359,10 @@ REJECTED: list[tuple[str, list[bytes], int, type[Exception], str]] = [
     ("unsigned_request", with_mac(REQUEST, b""), TS, AuthenticationError, "bad or missing signature"),
     ("other_passphrase", with_mac(REQUEST, Signer("not the passphrase").sign(REQUEST[:5])), TS,
      AuthenticationError, "bad or missing signature"),
-    ("stale_request", REQUEST, TS + 60_000, AuthenticationError, "timestamp is 60.0s from this host's clock"),
+    ("stale_request", UNBOUNDED_REQUEST, TS + 60_000, AuthenticationError, STALE),
+    ("expired_request", REQUEST, TS + 60_000, RequestExpired,
+     "arrived 30.0s after its caller's deadline (it waited in a queue, or the clocks of caller and service "
+     "disagree)"),
     ("version_2", replaced(REQUEST, 0, b"BRS2"), TS, ProtocolError,
      "unsupported protocol version b'BRS2'; this side speaks b'BRS1'"),
     ("five_frames", REQUEST[:5], TS, ProtocolError, "expected 6 frames, got 5"),

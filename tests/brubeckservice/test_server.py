@@ -145,8 +145,25 @@ def test_a_stale_request_is_refused_with_401(pair: ServicePair) -> None:
     raw.send_multipart(signed_request(SIGNER, "/echo", msg_id=b"old", ts=now_ms() - 120_000))
     msg_id, status, message = error_of(receive(raw))
     assert (msg_id, status) == (b"old", 401)
-    assert message.startswith("timestamp is 120.")
+    assert message.startswith("sent 120.0s ago by the sender's clock, beyond the 30s replay window")
     assert pair.connection.stats["served"] == 0
+
+
+def test_a_request_that_queued_past_its_deadline_is_skipped_as_late_not_refused_as_forged(
+        pair: ServicePair, caplog: pytest.LogCaptureFixture) -> None:
+    # Sent 40 s ago with a 10 s timeout (it waited in a queue while the service was down): not a clock or key
+    # problem, and its caller has given up, so no answer at all.
+    sent = now_ms() - 40_000
+    late = envelope.encode_request(SIGNER, b"late", ServiceRequest(path="/echo", deadline=sent + 10_000), sent,
+                                   "raw", 1)
+    raw = pair.raw_socket()
+    with caplog.at_level(logging.INFO, logger="brubeckservice.server"):
+        raw.send_multipart(late)
+        assert_next_is_pong(raw, SIGNER)  # nothing came back for b"late" before the PONG
+    assert (pair.connection.stats["expired"], pair.connection.stats["forged"]) == (1, 0)
+    assert "skipped request b'late'" in caplog.text
+    assert "arrived 30.0s after its caller's deadline" in caplog.text
+    assert "401" not in caplog.text
 
 
 def test_a_forged_request_is_refused_counted_and_logged(pair: ServicePair, caplog: pytest.LogCaptureFixture) -> None:
@@ -191,6 +208,20 @@ def test_garbage_is_dropped_and_real_calls_keep_succeeding(pair: ServicePair) ->
     assert pair.connection.stats["forged"] == 1
     assert pair.connection.stats["errors"] == 0
     assert not pair.serving.dead
+
+
+def test_the_log_says_whether_a_bad_message_was_answered_or_dropped(pair: ServicePair,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    raw = pair.raw_socket()
+    with caplog.at_level(logging.WARNING, logger="brubeckservice.server"):
+        raw.send_multipart([b"BRS1", b"NOPE", b"kind", b"{}", b"{}", b"\x00" * 32])
+        error_of(receive(raw))
+        raw.send_multipart([b"random garbage"])
+        assert_next_is_pong(raw, SIGNER)
+    answered, dropped = (r.getMessage() for r in caplog.records)
+    assert answered.startswith(f"malformed message on {pair.address}, answered ERR 400: unknown message kind")
+    assert dropped == (f"dropped malformed message on {pair.address} (no id to answer): expected at least one "
+                       "routing frame and then the 6 envelope frames, got 2 frames in all")
 
 
 def test_a_forged_ping_is_refused(pair: ServicePair) -> None:
