@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -130,6 +130,11 @@ class MessageHandler:
         """The METHODs this handler implements, upper-case, for an `Allow` header."""
         return [m.upper() for m in self.SUPPORTED_METHODS if callable(getattr(self, m, None))]
 
+    def _function_for(self, method: str) -> Callable[..., Any] | None:
+        """The handler method that answers `method` (lower-case), or None when there is none."""
+        function = getattr(self, method, None) if method in self.SUPPORTED_METHODS else None
+        return function if callable(function) else None
+
     def unsupported(self) -> Any:
         """The answer for a METHOD this handler does not implement (405 on the web)."""
         return self.render_error(self._SERVER_ERROR, "Method not supported")
@@ -154,9 +159,8 @@ class MessageHandler:
                 self.prepare()
                 if self._finished:
                     return self.render()
-                method = str(self.message.method).lower()
-                function = getattr(self, method, None) if method in self.SUPPORTED_METHODS else None
-                if not callable(function):
+                function = self._function_for(str(self.message.method).lower())
+                if function is None:
                     return self.unsupported()
                 result = function(*self._url_args, **self._url_kwargs)
                 self._finished = True
@@ -268,6 +272,19 @@ class WebMessageHandler(HTTPStatusCodes, MessageHandler):
         self.headers["Location"] = url
         self.body = b""
         return self.render()
+
+    def _function_for(self, method: str) -> Callable[..., Any] | None:
+        # HEAD is GET without the body (the transport leaves the body out), unless the handler has `head`.
+        function = super()._function_for(method)
+        if function is None and method == "head":
+            return super()._function_for("get")
+        return function
+
+    def allowed_methods(self) -> list[str]:
+        allowed = super().allowed_methods()
+        if "GET" in allowed and "HEAD" not in allowed:
+            allowed.insert(allowed.index("GET") + 1, "HEAD")
+        return allowed
 
     def unsupported(self) -> HTTPResponse:
         self.headers["Allow"] = ", ".join(self.allowed_methods())

@@ -41,9 +41,10 @@ class NoRoute(LookupError):
 def _methods(method: str | Iterable[str] | None) -> frozenset[str] | None:
     if method is None:
         return None
-    if isinstance(method, str):
-        return frozenset({method.upper()})
-    return frozenset(m.upper() for m in method)
+    methods = {method.upper()} if isinstance(method, str) else {m.upper() for m in method}
+    if "GET" in methods:
+        methods.add("HEAD")  # a GET route answers HEAD too (the transports send the headers only)
+    return frozenset(methods)
 
 
 class Router:

@@ -19,6 +19,7 @@ from brubeck.request import Request
 from brubeck.response import HTTPResponse
 from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes
 from brubeck.transports.channel import Channel, Pump, serve_with_workers
+from brubeck.wire.http import head_only
 from brubeck.wire.mongrel2 import MAX_REPLY_TARGETS, build_reply
 
 if TYPE_CHECKING:
@@ -125,7 +126,8 @@ class Mongrel2Connection(WebConnection):
 
     def reply(self, message: Any, response: Any) -> None:
         """Answer `message`, then close its connection when the client asked for that (or is HTTP/1.0)."""
-        self.deliver(message.sender, [message.conn_id], http_bytes(response))
+        data = http_bytes(response)
+        self.deliver(message.sender, [message.conn_id], head_only(data) if message.method == "HEAD" else data)
         if message.should_close():
             self.deliver(message.sender, [message.conn_id], b"")
 

@@ -121,10 +121,10 @@ class WSGIConnection(WebConnection):
             response = app.base_handler(app, request).render_error(504)
         finally:
             self._pending.pop(request.conn_id, None)
-        return self._respond(response, start_response)
+        return self._respond(response, start_response, head=request.method == "HEAD")
 
     @staticmethod
-    def _respond(response: Any, start_response: StartResponse) -> list[bytes]:
+    def _respond(response: Any, start_response: StartResponse, head: bool = False) -> list[bytes]:
         try:
             http = HTTPResponse.from_bytes(http_bytes(response))
         except ValueError:
@@ -132,7 +132,7 @@ class WSGIConnection(WebConnection):
             http = HTTPResponse(b"500 Internal Server Error\n", 500)
         start_response(f"{http.status_code} {http.status_msg}",
                        [*http.headers, ("Content-Length", str(len(http.body)))])
-        return [http.body]
+        return [] if head else [http.body]  # HEAD: the GET response's headers, no body (RFC 9110, 9.3.2)
 
     def reply(self, message: Any, response: Any) -> None:
         """Answer a request whose handler returned None (a deferred reply)."""

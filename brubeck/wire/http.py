@@ -51,6 +51,13 @@ def http_response(body: bytes | str, status_code: int = 200, status_msg: str | N
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + payload
 
 
+def head_only(raw: bytes) -> bytes:
+    """The response to a HEAD request: the status line and headers of the GET response, Content-Length
+    included (RFC 9110, 9.3.2), without the body."""
+    end = raw.find(b"\r\n\r\n")
+    return raw if end < 0 else raw[:end + 4]
+
+
 def parse_response(raw: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
     """Split complete HTTP response bytes into (status code, reason, header pairs, body)."""
     head, sep, body = raw.partition(b"\r\n\r\n")

@@ -190,6 +190,7 @@ def build_app(connection: WebConnection, **settings: Any) -> Brubeck:
         (r"^/not-http$", not_http),
     ], **settings)
     app.add_route_rule(r"^/submit$", submit, method="POST")
+    app.add_route_rule(r"^/get-only$", ping, method="GET")
     return app
 
 

@@ -154,10 +154,34 @@ def test_a_malformed_form_body_is_a_400() -> None:
     assert response.status_code == 400
 
 
+def test_head_runs_get_unless_the_handler_has_its_own_head() -> None:
+    class Both(WebMessageHandler):
+        def get(self) -> HTTPResponse:
+            self.set_body("from get")
+            return self.render()
+
+        def head(self) -> HTTPResponse:
+            self.headers["X-From"] = "head"
+            return self.render(status_code=200)
+
+    assert call(make_app((r"^/hello$", Hello)), "HEAD", "/hello").status_code == 200
+    own = call(make_app((r"^/both$", Both)), "HEAD", "/both")
+    assert (own.status_code, header(own, "X-From")) == (200, ["head"])
+
+
+def test_head_without_get_is_a_405() -> None:
+    class PostOnly(WebMessageHandler):
+        def post(self) -> HTTPResponse:
+            return self.render()
+
+    response = call(make_app((r"^/p$", PostOnly)), "HEAD", "/p")
+    assert (response.status_code, header(response, "Allow")) == (405, ["POST"])
+
+
 def test_a_method_the_handler_lacks_is_a_405_listing_what_it_has() -> None:
     response = call(make_app((r"^/hello$", Hello)), "DELETE", "/hello")
     assert response.status_code == 405
-    assert header(response, "Allow") == ["GET, POST"]
+    assert header(response, "Allow") == ["GET, HEAD, POST"]
 
 
 @pytest.mark.parametrize("method", ["RENDER", "REDIRECT", "INITIALIZE", "__INIT__", "SET_COOKIE", "FOO"])

@@ -71,9 +71,33 @@ def test_an_unknown_path_is_a_404(served: Running) -> None:
     assert fetch("GET", f"{served.url}/nowhere").status_code == 404
 
 
+def head_exchange(served: Running, path: str) -> bytes:
+    """The exact bytes a HEAD request gets back (the connection closed after it)."""
+    return send_until_closed(served.port, f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+
+
+@pytest.mark.parametrize(("path", "get_body"), [("/readonly", b"read me"), ("/get-only", b"pong")])
+def test_head_is_get_without_the_body(served: Running, path: str, get_body: bytes) -> None:
+    # A handler with `get` (and a route declared for GET) answers HEAD: GET's status and headers, the
+    # Content-Length of GET's body, and not one byte of body (it would corrupt a keep-alive connection).
+    raw = head_exchange(served, path)
+    head, sep, rest = raw.partition(b"\r\n\r\n")
+    assert (sep, rest) == (b"\r\n\r\n", b"")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert f"Content-Length: {len(get_body)}".encode() in head.split(b"\r\n")
+    assert fetch("GET", f"{served.url}{path}").content == get_body
+
+
+def test_head_on_a_route_without_get_is_a_405_without_a_body(served: Running) -> None:
+    head, _, body = head_exchange(served, "/submit").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ")
+    assert b"Allow: POST" in head.split(b"\r\n")
+    assert body == b""
+
+
 def test_a_method_not_served_is_a_405_with_allow(served: Running) -> None:
     by_handler = fetch("DELETE", f"{served.url}/readonly")
-    assert (by_handler.status_code, by_handler.headers["Allow"]) == (405, "GET")
+    assert (by_handler.status_code, by_handler.headers["Allow"]) == (405, "GET, HEAD")
     by_route = fetch("GET", f"{served.url}/submit")
     assert (by_route.status_code, by_route.headers["Allow"]) == (405, "POST")
     assert fetch("POST", f"{served.url}/submit").status_code == 201

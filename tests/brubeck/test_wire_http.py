@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from brubeck.response import HTTPResponse, render
-from brubeck.wire.http import HeaderInput, header_pairs, http_response, parse_response, status_phrase
+from brubeck.wire.http import HeaderInput, head_only, header_pairs, http_response, parse_response, status_phrase
 
 Parts = tuple[int, str, list[tuple[str, str]], bytes]
 
@@ -112,3 +112,9 @@ def test_render_is_brubeck_04s_response_helper() -> None:
     response = render("hi", 201, "Made", {"X-A": "1"})
     assert response == b"HTTP/1.1 201 Made\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nhi"
     assert isinstance(response, HTTPResponse)
+
+
+def test_head_only_keeps_the_status_line_and_headers_with_the_get_content_length() -> None:
+    raw = http_response(b"hello", 200, None, {"Content-Type": "text/plain"})
+    assert head_only(raw) == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n"
+    assert head_only(head_only(raw)) == head_only(raw)
