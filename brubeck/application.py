@@ -108,8 +108,7 @@ class Brubeck:
             return self.no_handler(self, message)
         handler = base(self, message)
         if missing.allowed:
-            handler.headers["Allow"] = ", ".join(sorted(missing.allowed))
-            return handler.render_error(405)
+            return handler.unsupported(sorted(missing.allowed))
         log.info("no route for %s %s", message.method, message.path)
         return handler.render_error(404)
 

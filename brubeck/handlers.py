@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -135,8 +135,9 @@ class MessageHandler:
         function = getattr(self, method, None) if method in self.SUPPORTED_METHODS else None
         return function if callable(function) else None
 
-    def unsupported(self) -> Any:
-        """The answer for a METHOD this handler does not implement (405 on the web)."""
+    def unsupported(self, allowed: Sequence[str] | None = None) -> Any:
+        """The answer for a METHOD that is not served here (405 on the web): by this handler (`allowed`
+        None: the methods it implements), or by any route for the path (`allowed`: the routes' methods)."""
         return self.render_error(self._SERVER_ERROR, "Method not supported")
 
     def error(self, err: BaseException) -> Any:
@@ -286,8 +287,8 @@ class WebMessageHandler(HTTPStatusCodes, MessageHandler):
             allowed.insert(allowed.index("GET") + 1, "HEAD")
         return allowed
 
-    def unsupported(self) -> HTTPResponse:
-        self.headers["Allow"] = ", ".join(self.allowed_methods())
+    def unsupported(self, allowed: Sequence[str] | None = None) -> HTTPResponse:
+        self.headers["Allow"] = ", ".join(self.allowed_methods() if allowed is None else allowed)
         return self.render_error(self._NOT_ALLOWED)
 
 

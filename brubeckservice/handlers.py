@@ -10,6 +10,7 @@ starts with its status and payload.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from brubeck.handlers import HTTPStatusCodes, MessageHandler
@@ -58,10 +59,13 @@ class ServiceMessageHandler(HTTPStatusCodes, MessageHandler):
         return self._error_payload(status_phrase(error_code).replace(" ", ""),
                                    f"{self.status_msg} ({self.message.method} {self.message.path})")
 
-    def unsupported(self) -> ServiceResponse:
-        allowed = self.allowed_methods()
+    def unsupported(self, allowed: Sequence[str] | None = None) -> ServiceResponse:
+        # The same answer whether the handler or the routes lack the METHOD: upper-case names, in the body
+        # and in an Allow header (docs/protocol.md, REP).
+        methods = list(self.allowed_methods() if allowed is None else allowed)
         self.set_status(self._NOT_ALLOWED, f"Method {self.message.method!r} not supported")
-        return self._error_payload("MethodNotAllowed", self.status_msg, allow=allowed)
+        self.headers["Allow"] = ", ".join(methods)
+        return self._error_payload("MethodNotAllowed", self.status_msg, allow=methods)
 
     def error(self, err: BaseException) -> ServiceResponse:
         """A 500 reply naming the exception's type and message (data, never a pickled object)."""

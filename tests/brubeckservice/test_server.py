@@ -67,6 +67,7 @@ def test_an_unknown_method_is_a_405_reply_with_the_allowed_methods(pair: Service
     response = pair.client.call("/echo", method="frobnicate")
     assert (response.status_code, response.status_msg) == (405, "Method 'frobnicate' not supported")
     assert response.body["error"]["allow"] == ["REQUEST"]
+    assert response.headers == {"Allow": "REQUEST"}
 
 
 def test_a_route_for_other_methods_only_is_a_405_reply_naming_them(pair: ServicePair) -> None:
@@ -74,6 +75,7 @@ def test_a_route_for_other_methods_only_is_a_405_reply_naming_them(pair: Service
     assert pair.client.call("/restricted").ok
     response = pair.client.call("/restricted", method="get")
     assert (response.status_code, response.headers) == (405, {"Allow": "REQUEST"})
+    assert response.body["error"]["allow"] == ["REQUEST"]  # the same answer as a handler's own 405
 
 
 def test_a_handler_exception_is_a_500_reply_with_type_and_message(pair: ServicePair,
