@@ -8,13 +8,33 @@ inside the remote service crosses the wire as data (status, type name, message),
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from brubeck.errors import BrubeckError, ConfigurationError
 from brubeck.errors import ProtocolError as BrubeckProtocolError
 
 if TYPE_CHECKING:
     from brubeckservice.models import ServiceResponse
+
+
+# -- a remote failure as data ----------------------------------------------------------------------------
+#
+# A reply with an error status carries {"error": {"type": <exception or status name>, "message": <text>, ...}}
+# (docs/protocol.md, REP). These two functions are the only places that build and read it.
+
+
+def build_error_body(error_type: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The body of an error reply: `{"error": {"type", "message", **extra}}` (405 adds `allow`)."""
+    return {"error": {"type": error_type, "message": message, **extra}}
+
+
+def parse_error_body(body: object) -> dict[str, Any] | None:
+    """The `error` object of a reply body, when it has one with a string `type` and `message`; else None
+    (a handler's own error payload of another shape is left to the caller)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("type"), str) and isinstance(error.get("message"), str):
+        return error
+    return None
 
 
 class ServiceError(BrubeckError):
@@ -79,6 +99,6 @@ class RemoteServiceError(ServiceError):
     def __init__(self, response: ServiceResponse) -> None:
         self.response = response
         self.status_code = response.status_code
-        error = response.body.get("error") if isinstance(response.body, dict) else None
-        detail = f" ({error.get('type')}: {error.get('message')})" if isinstance(error, dict) else ""
+        error = parse_error_body(response.body)
+        detail = f" ({error['type']}: {error['message']})" if error is not None else ""
         super().__init__(f"{response.status_code} {response.status_msg} from {response.path}{detail}")

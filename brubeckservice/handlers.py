@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from brubeck.handlers import HTTPStatusCodes, MessageHandler
 from brubeck.wire.http import status_phrase
+from brubeckservice.errors import build_error_body
 from brubeckservice.models import ServiceResponse
 
 if TYPE_CHECKING:
@@ -50,7 +51,8 @@ class ServiceMessageHandler(HTTPStatusCodes, MessageHandler):
 
     def _error_payload(self, error_type: str, message: str, **extra: Any) -> ServiceResponse:
         self.clear_payload()
-        self.add_to_payload("error", {"type": error_type, "message": message, **extra})
+        for key, value in build_error_body(error_type, message, **extra).items():
+            self.add_to_payload(key, value)
         return self.render()
 
     def render_error(self, error_code: int, status_msg: str | None = None) -> ServiceResponse:

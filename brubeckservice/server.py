@@ -23,7 +23,13 @@ from greenlet import getcurrent
 from brubeck.errors import ConfigurationError
 from brubeck.transports.channel import Channel, Pump, serve_with_workers
 from brubeckservice import envelope
-from brubeckservice.errors import AddressInUse, AuthenticationError, ProtocolError, RequestExpired
+from brubeckservice.errors import (
+    AddressInUse,
+    AuthenticationError,
+    ProtocolError,
+    RequestExpired,
+    build_error_body,
+)
 from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import ReplayGuard, Signer
@@ -160,7 +166,7 @@ class ServiceConnection:
             self.stats["malformed"] += 1
             log.warning("malformed request %r on %s, answered REP 400: %s", env.msg_id, self.service_addr, err)
             bad = ServiceResponse(status_code=400, status_msg="Bad Request",
-                                  body={"error": {"type": "ProtocolError", "message": str(err)}})
+                                  body=build_error_body("ProtocolError", str(err)))
             self._send(routing, envelope.encode_reply(self.signer, env.msg_id, bad, now))
             return None
         request.sender = tuple(routing)
@@ -211,8 +217,8 @@ class ServiceConnection:
             log.error("handler for %s returned %.60r, not a ServiceResponse (use self.render())",
                       message.path, response)
             response = ServiceResponse(status_code=500, status_msg="Handler returned no ServiceResponse",
-                                       path=message.path, body={"error": {
-                                           "type": "TypeError", "message": "handler did not return render()"}})
+                                       path=message.path,
+                                       body=build_error_body("TypeError", "handler did not return render()"))
         now = now_ms()
         # A request without a deadline gets the replay window: its caller's view of "too late" anyway.
         deadline = message.deadline if message.deadline is not None else now + self.window_ms

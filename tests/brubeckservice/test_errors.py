@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from brubeck.application import Brubeck
@@ -18,6 +19,8 @@ from brubeckservice.errors import (
     ServiceError,
     ServiceTimeout,
     ServiceUnavailable,
+    build_error_body,
+    parse_error_body,
 )
 from brubeckservice.models import ServiceResponse
 
@@ -58,3 +61,32 @@ def test_a_web_handler_that_lets_one_escape_answers_with_its_status(error: Servi
     app = Brubeck(msg_conn=WSGIConnection(port=0), handler_tuples=[(r"^/page", CallsAService)], error=error)
     response = app.handle(Request("wsgi", "1", "/page", {"METHOD": "GET", "PATH": "/page"}, b""))
     assert response.status_code == status
+
+
+# -- the error body: one builder, one reader, checked both ways against the wire bytes ---------------------
+
+ERROR_BODIES: list[tuple[dict[str, object], bytes]] = [
+    (build_error_body("NotFound", "Not Found (request /nope)"),
+     b'{"error":{"type":"NotFound","message":"Not Found (request /nope)"}}'),
+    (build_error_body("MethodNotAllowed", "Method 'get' not supported", allow=["REQUEST"]),
+     b'{"error":{"type":"MethodNotAllowed","message":"Method \'get\' not supported","allow":["REQUEST"]}}'),
+]
+
+
+@pytest.mark.parametrize(("body", "wire"), ERROR_BODIES)
+def test_error_bodies_are_the_documented_json_both_ways(body: dict[str, object], wire: bytes) -> None:
+    assert msgspec.json.encode(body) == wire
+    decoded = msgspec.json.decode(wire)
+    assert parse_error_body(decoded) == body["error"]
+
+
+@pytest.mark.parametrize("body", [None, [], "error", {"error": "text"}, {"error": {"type": 1, "message": "m"}},
+                                  {"other": {}}, {"error": {"type": "T"}}])
+def test_a_body_without_a_well_formed_error_object_has_none(body: object) -> None:
+    assert parse_error_body(body) is None
+
+
+def test_remote_service_error_names_the_parsed_type_and_message() -> None:
+    response = ServiceResponse(status_code=500, status_msg="KeyError: 'x'", path="/calc",
+                               body=build_error_body("KeyError", "'x'"))
+    assert str(RemoteServiceError(response)) == "500 KeyError: 'x' from /calc (KeyError: 'x')"
