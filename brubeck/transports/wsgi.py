@@ -20,7 +20,7 @@ from gevent.pywsgi import WSGIServer
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
 from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes
-from brubeck.wire.mongrel2 import HeaderValue
+from brubeck.wire.mongrel2 import HeaderValue, build_request_headers
 
 if TYPE_CHECKING:
     from brubeck.application import Brubeck
@@ -43,16 +43,10 @@ def headers_from_environ(environ: dict[str, Any]) -> dict[str, HeaderValue]:
     # PEP 3333 decodes the path as latin-1; re-encode to get the bytes the client sent back.
     path = quote(environ.get("PATH_INFO", "/").encode("latin-1"), safe="/:@!$&'()*+,;=-._~")
     query = environ.get("QUERY_STRING", "")
-    headers.update({
-        "PATH": path,
-        "METHOD": environ.get("REQUEST_METHOD", "GET"),
-        "VERSION": environ.get("SERVER_PROTOCOL", "HTTP/1.1"),
-        "URI": f"{path}?{query}" if query else path,
-        "QUERY": query,
-        "REMOTE_ADDR": environ.get("REMOTE_ADDR", ""),
-        "URL_SCHEME": environ.get("wsgi.url_scheme", "http"),
-    })
-    return headers
+    return build_request_headers(environ.get("REQUEST_METHOD", "GET"), f"{path}?{query}" if query else path,
+                                 headers, version=environ.get("SERVER_PROTOCOL", "HTTP/1.1"),
+                                 remote_addr=environ.get("REMOTE_ADDR", ""),
+                                 url_scheme=environ.get("wsgi.url_scheme", "http"))
 
 
 class WSGIConnection(WebConnection):

@@ -157,6 +157,25 @@ def _tnet_headers(headers: Headers) -> bytes:
     return b"%d:%s}" % (len(payload), payload)
 
 
+def build_request_headers(method: str, target: str, headers: Mapping[str, HeaderValue] | None = None, *,
+                          version: str = "HTTP/1.1", remote_addr: str | None = None,
+                          url_scheme: str | None = None) -> Headers:
+    """The headers Mongrel2 gives a handler for `METHOD target` (target: path and optional ?query): its own
+    PATH, METHOD, VERSION, URI, QUERY (only when the target has a query, as Mongrel2 does), REMOTE_ADDR and
+    URL_SCHEME when given, then the client's `headers` (lower-case names, as Mongrel2 passes them; a given
+    name replaces a derived one). The inverse, for tests and other transports, of what a real Mongrel2
+    sends (tests/fixtures/mongrel2/)."""
+    path, has_query, query = target.partition("?")
+    derived: Headers = {"PATH": path, "METHOD": method, "VERSION": version, "URI": target}
+    if has_query:
+        derived["QUERY"] = query
+    if remote_addr is not None:
+        derived["REMOTE_ADDR"] = remote_addr
+    if url_scheme is not None:
+        derived["URL_SCHEME"] = url_scheme
+    return {**derived, **headers} if headers else derived
+
+
 def build_message(message: Mongrel2Message) -> bytes:
     """The inverse of `parse_message`: the frame Mongrel2 would send (for tests and test clients)."""
     if message.protocol == "tnetstring":

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import gevent
 import zmq.green as zmq
 
-from brubeck.wire.mongrel2 import HeaderValue, Mongrel2Message, build_message, parse_reply
+from brubeck.wire.mongrel2 import HeaderValue, Mongrel2Message, build_message, build_request_headers, parse_reply
 
 SENDER = "0a7d2c1e-5b4f-4e3a-9c8d-112233445566"
 WAIT = 5.0  # seconds any one expected frame may take before the test fails
@@ -38,10 +38,8 @@ class FakeMongrel2:
                 body: bytes = b"", protocol: str = "json") -> str:
         """Push a request frame for a new client connection; return that connection's id."""
         conn_id = str(next(self._conn_ids))
-        path, _, query = target.partition("?")
-        all_headers: dict[str, HeaderValue] = {"PATH": path, "METHOD": method, "VERSION": "HTTP/1.1",
-                                               "URI": target, "QUERY": query, **(headers or {})}
-        message = Mongrel2Message(SENDER, conn_id, path, all_headers, body,
+        all_headers = build_request_headers(method, target, headers)
+        message = Mongrel2Message(SENDER, conn_id, str(all_headers["PATH"]), all_headers, body,
                                   "tnetstring" if protocol == "tnetstring" else "json")
         self.send(build_message(message))
         return conn_id

@@ -12,7 +12,7 @@ from brubeck.application import Brubeck
 from brubeck.connections import WSGIConnection
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
-from brubeck.wire.mongrel2 import HeaderValue
+from brubeck.wire.mongrel2 import HeaderValue, build_request_headers
 
 
 def make_app(*routes: tuple[str, Any], **options: Any) -> Brubeck:
@@ -22,12 +22,8 @@ def make_app(*routes: tuple[str, Any], **options: Any) -> Brubeck:
 def make_request(method: str, target: str, headers: dict[str, HeaderValue] | None = None,
                  body: bytes = b"") -> Request:
     """A Request shaped like Mongrel2's, for `METHOD /path?query`."""
-    path, _, query = target.partition("?")
-    mongrel2_headers: dict[str, HeaderValue] = {
-        "PATH": path, "METHOD": method, "VERSION": "HTTP/1.1", "URI": target, "QUERY": query,
-        "REMOTE_ADDR": "127.0.0.1", **(headers or {}),
-    }
-    return Request("test-sender", "1", path, mongrel2_headers, body)
+    mongrel2_headers = build_request_headers(method, target, headers, remote_addr="127.0.0.1")
+    return Request("test-sender", "1", str(mongrel2_headers["PATH"]), mongrel2_headers, body)
 
 
 def call(app: Brubeck, method: str, target: str, headers: dict[str, HeaderValue] | None = None,

@@ -20,6 +20,7 @@ from brubeck.wire.mongrel2 import (
     Mongrel2Message,
     build_message,
     build_reply,
+    build_request_headers,
     header,
     parse_message,
     parse_reply,
@@ -286,3 +287,20 @@ HEADERS: dict[str, HeaderValue] = {"METHOD": "GET", "x-custom": ["one", "two"], 
 ])
 def test_header_lookup(name: str, default: str, expected: str) -> None:
     assert header(HEADERS, name, default) == expected
+
+
+DERIVED = ("PATH", "METHOD", "VERSION", "URI", "QUERY", "REMOTE_ADDR", "URL_SCHEME")
+
+
+@pytest.mark.parametrize(("name", "message"), [(n, m) for n, m in CAPTURED if "disconnect" not in n],
+                         ids=[n for n, _ in CAPTURED if "disconnect" not in n])
+def test_built_request_headers_are_what_a_real_mongrel2_derives(name: str, message: Mongrel2Message) -> None:
+    real = message.headers
+    built = build_request_headers(str(real["METHOD"]), str(real["URI"]), version=str(real["VERSION"]),
+                                  remote_addr=str(real["REMOTE_ADDR"]), url_scheme=str(real["URL_SCHEME"]))
+    assert built == {key: real[key] for key in DERIVED if key in real}
+
+
+def test_built_request_headers_take_the_clients_headers_after_the_derived_ones() -> None:
+    assert build_request_headers("GET", "/a?b=1", {"host": "x", "QUERY": "forced"}) == {
+        "PATH": "/a", "METHOD": "GET", "VERSION": "HTTP/1.1", "URI": "/a?b=1", "QUERY": "forced", "host": "x"}
