@@ -1,33 +1,12 @@
-"""brubeck-service 2013's import path: `from brubeckservice.base import ServiceConnection, ...`."""
+"""brubeck-service 2013's import path: `from brubeckservice.base import ServiceConnection, ...`.
+
+Every public name of the package (listed once, in `brubeckservice.__all__`), plus `coro_sleep`.
+"""
 
 from gevent import sleep as coro_sleep
 
-from brubeckservice.client import ServiceClient
-from brubeckservice.errors import (
-    AuthenticationError,
-    ProtocolError,
-    RemoteServiceError,
-    ServiceError,
-    ServiceTimeout,
-    ServiceUnavailable,
-)
-from brubeckservice.handlers import ServiceMessageHandler
-from brubeckservice.mixin import ServiceClientMixin
-from brubeckservice.models import ServiceRequest, ServiceResponse
-from brubeckservice.server import ServiceConnection
+import brubeckservice
+from brubeckservice import *  # noqa: F403  (the names are brubeckservice.__all__)
 
-__all__ = [
-    "AuthenticationError",
-    "ProtocolError",
-    "RemoteServiceError",
-    "ServiceClient",
-    "ServiceClientMixin",
-    "ServiceConnection",
-    "ServiceError",
-    "ServiceMessageHandler",
-    "ServiceRequest",
-    "ServiceResponse",
-    "ServiceTimeout",
-    "ServiceUnavailable",
-    "coro_sleep",
-]
+__all__ = ["coro_sleep"]
+__all__ += brubeckservice.__all__

@@ -6,6 +6,9 @@ lost connection or closing the client removes it too, and a reply arriving after
 Every call has an expiry. Expiries are kept in buckets of `RESOLUTION` seconds (a timer wheel) rather
 than one gevent timer per call: adding and removing a call is a set operation, and one reaper greenlet
 fails what is due, so a call times out at most `RESOLUTION` late.
+
+A client closing gracefully waits for the table to empty: `on_empty` is called whenever it becomes empty
+(only while someone has set it, so the hot path pays one attribute test).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class Call:
 
     # A sync call waits on a gevent Waiter: from the hub (where replies are read) a reply switches
     # straight into the caller, with no trip through the event loop; from anywhere else the switch is
-    # scheduled in the hub, as Waiter requires. (ping waits on an AsyncResult, for its own timeout.)
+    # scheduled in the hub, as Waiter requires. (An AsyncResult works too, for a waiter with a timeout of its own.)
 
     def resolve(self, value: Any) -> bool:
         """Wake the waiting caller with `value`; False when nobody waits (a fire-and-forget call)."""
@@ -90,9 +93,14 @@ class PendingCalls:
         self._calls: dict[bytes, Call] = {}
         self._slots: dict[int, set[bytes]] = {}  # expiry bucket -> ids of the calls that expire in it
         self._earliest: int | None = None
+        #: Called whenever the table becomes empty (set by a client waiting for its calls to finish).
+        self.on_empty: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._calls)
+
+    def __contains__(self, msg_id: object) -> bool:
+        return msg_id in self._calls
 
     def __iter__(self) -> Iterator[tuple[bytes, Call]]:
         return iter(list(self._calls.items()))
@@ -128,6 +136,8 @@ class PendingCalls:
                     # `_earliest` may go stale (the reaper then wakes once for nothing and recomputes it):
                     # resetting it here would make every sequential call wake the reaper.
                     del self._slots[call.slot]
+        if call is not None and self.on_empty is not None and not self._calls:
+            self.on_empty()
         return call
 
     def next_expiry(self) -> float | None:
@@ -144,6 +154,8 @@ class PendingCalls:
                 if call is not None:
                     expired.append((msg_id, call))
         self._earliest = min(self._slots) if self._slots else None
+        if expired and self.on_empty is not None and not self._calls:
+            self.on_empty()
         return expired
 
     def drain(self, endpoint: Any = None) -> list[tuple[bytes, Call]]:
