@@ -28,8 +28,8 @@ def lower_bounds(requirements: list[str]) -> dict[str, str]:
 
 def pinned(path: Path) -> dict[str, str]:
     pins = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
         if line:
             name, _, pin = line.partition("==")
             pins[name.strip().lower()] = pin.strip()
@@ -49,7 +49,8 @@ def test_the_lowest_job_pins_the_test_tools_it_runs_at_their_lower_bounds() -> N
     bounds = lower_bounds(PYPROJECT["project"]["optional-dependencies"]["test"])
     pins = pinned(LOWEST)
     for name in LOWEST_JOB_TEST_TOOLS:
-        assert pins.get(name) == bounds[name], f"{name}>={bounds[name]} in pyproject.toml, {LOWEST.name}: {pins.get(name)}"
+        assert pins.get(name) == bounds[name], f"{name}>={bounds[name]} in pyproject.toml, {LOWEST.name} pins "\
+                                               f"{pins.get(name)}"
     stray = set(pins) - set(lower_bounds(PYPROJECT["project"]["dependencies"])) - LOWEST_JOB_TEST_TOOLS
     assert not stray, f"{LOWEST.name} pins packages the lowest job does not prove: {stray}"
 
