@@ -25,6 +25,7 @@ worker, so a request starts at once.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar, cast
 
@@ -237,7 +238,7 @@ class Pump(Generic[T]):
                  limit: int | None = None, log: logging.Logger | None = None) -> None:
         self.channel = channel
         self._accept = accept
-        self._held: list[T] = []
+        self._held: deque[T] = deque()
         self._loop = get_hub().loop
         self.workers: Workers[T] = Workers(handle, limit, self._freed, log)
         channel.start(self._deliver)
@@ -254,7 +255,7 @@ class Pump(Generic[T]):
 
     def _release(self) -> None:
         while self._held and self.workers.dispatch(self._held[0]):
-            self._held.pop(0)
+            self._held.popleft()
         if not self._held:
             self.channel.resume()
 
