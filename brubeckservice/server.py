@@ -119,7 +119,7 @@ class ServiceConnection:
         """Serve until `close()`: each request runs in a worker greenlet of its own (see
         brubeck.transports.channel), at most the app's pool size at once."""
         self._pump = serve_with_workers(application, self.channel, self.accept,
-                                        lambda request: self.serve(application, request), log)
+                                        lambda request: self.answer(application, request), log)
         self._stopped.wait()
 
     def accept(self, frames: list[bytes]) -> ServiceRequest | None:
@@ -197,7 +197,7 @@ class ServiceConnection:
 
     # -- serving ------------------------------------------------------------------------------------
 
-    def serve(self, application: Brubeck, request: ServiceRequest) -> None:
+    def answer(self, application: Brubeck, request: ServiceRequest) -> None:
         """Run the app's handler for one request and send its reply (if it returned one)."""
         self.inflight += 1
         try:

@@ -10,9 +10,9 @@ So a `Channel` drives the socket itself, through the backend with plain-int flag
   are already here; once the first frame is accepted for sending, the rest will be. Nothing ever waits in
   the middle of a message.
 - Receiving is event-driven: a libev watcher on the socket's FD runs `_drain` in the hub, which reads every
-  waiting message and hands each to `deliver`. The FD is edge-triggered and any call on the socket may
+  waiting message and hands each to `on_message`. The FD is edge-triggered and any call on the socket may
   consume the edge, so after a send the channel checks for waiting messages itself and, if there are any,
-  schedules `_drain`. `deliver` runs in the hub: it must not block (set a result, dispatch to a worker).
+  schedules `_drain`. `on_message` runs in the hub: it must not block (set a result, dispatch to a worker).
 - Sending never waits: `send` raises `zmq.Again` when the message cannot be queued now; callers decide.
 
 `Workers` run handlers in reusable greenlets: each message gets a greenlet of its own for as long as it is
@@ -48,28 +48,28 @@ _backend_get = BackendSocket.get
 #: Messages `_drain` reads before yielding to the event loop, so a flood cannot starve timers and I/O.
 BATCH = 256
 
-Deliver = Callable[[list[bytes]], None]
+OnMessage = Callable[[list[bytes]], None]
 
 
 class Channel:
-    """A ZeroMQ socket moved by the gevent hub: `send` from any greenlet, arrivals to `deliver`."""
+    """A ZeroMQ socket moved by the gevent hub: `send` from any greenlet, arrivals to `on_message`."""
 
-    __slots__ = ("_deliver", "_log", "_loop", "_paused", "_watcher", "socket")
+    __slots__ = ("_log", "_loop", "_on_message", "_paused", "_watcher", "socket")
 
-    def __init__(self, socket: zmq.Socket[bytes], deliver: Deliver | None = None,
+    def __init__(self, socket: zmq.Socket[bytes], on_message: OnMessage | None = None,
                  log: logging.Logger | None = None) -> None:
         self.socket = socket
-        self._deliver = deliver
+        self._on_message = on_message
         self._log = log or logging.getLogger("brubeck.channel")
         self._loop = get_hub().loop
         self._watcher: Any = None
         self._paused = False
-        if deliver is not None:
-            self.start(deliver)
+        if on_message is not None:
+            self.start(on_message)
 
-    def start(self, deliver: Deliver) -> None:
-        """Begin handing arriving messages to `deliver` (run in the hub: it must not block)."""
-        self._deliver = deliver
+    def start(self, on_message: OnMessage) -> None:
+        """Begin handing arriving messages to `on_message` (run in the hub: it must not block)."""
+        self._on_message = on_message
         self._watcher = self._loop.io(cast(int, _backend_get(self.socket, zmq.FD)), 1)
         self._watcher.start(self._drain)
         self._loop.run_callback(self._drain)  # messages may be waiting already: their edge is gone
@@ -92,7 +92,7 @@ class Channel:
             _backend_send(sock, frames[last], _NOBLOCK)
         finally:
             # Our call may have consumed the edge that would have announced a waiting message.
-            if self._deliver is not None and not self._paused and not sock.closed and self.readable():
+            if self._on_message is not None and not self._paused and not sock.closed and self.readable():
                 self._loop.run_callback(self._drain)
 
     def recv_now(self) -> list[bytes] | None:
@@ -109,8 +109,8 @@ class Channel:
         return frames
 
     def _drain(self, *_: object) -> None:
-        deliver = self._deliver
-        if deliver is None or self._paused:
+        on_message = self._on_message
+        if on_message is None or self._paused:
             return
         try:
             for _count in range(BATCH):
@@ -120,7 +120,7 @@ class Channel:
                 if frames is None:
                     return
                 try:
-                    deliver(frames)
+                    on_message(frames)
                 except Exception:  # nothing a peer sends may stop the channel
                     self._log.exception("failed to handle a message")
                 if self._paused:
@@ -148,14 +148,14 @@ class Channel:
             self._watcher.stop()
             self._watcher.close()
             self._watcher = None
-        self._deliver = None
+        self._on_message = None
         self.socket.close(linger=linger)
 
 
 class Workers(Generic[T]):
     """Reusable greenlets running `handle(item)`, one item per greenlet at a time.
 
-    `dispatch` must be called from the hub (a Channel's `deliver` is). With a `limit`, at most that many
+    `dispatch` must be called from the hub (a Channel's `on_message` is). With a `limit`, at most that many
     items are handled at once; past it, `dispatch` returns False and the caller should pause its input
     until `on_free` (called when a worker finishes and nothing is queued) says a worker is available.
     """
@@ -241,9 +241,9 @@ class Pump(Generic[T]):
         self._held: deque[T] = deque()
         self._loop = get_hub().loop
         self.workers: Workers[T] = Workers(handle, limit, self._freed, log)
-        channel.start(self._deliver)
+        channel.start(self._on_message)
 
-    def _deliver(self, frames: list[bytes]) -> None:
+    def _on_message(self, frames: list[bytes]) -> None:
         item = self._accept(frames)
         if item is not None and not self.workers.dispatch(item):
             self._held.append(item)

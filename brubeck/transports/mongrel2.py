@@ -62,12 +62,6 @@ class Mongrel2Connection(WebConnection):
                                         lambda request: self.answer(application, request), log)
         self._stopped.wait()
 
-    def serve(self, application: Brubeck, raw: bytes) -> None:
-        """Handle one raw Mongrel2 frame: parse, route, reply. Never raises."""
-        request = self.accept(application, raw)
-        if request is not None:
-            self.answer(application, request)
-
     def accept(self, application: Brubeck, raw: bytes) -> Request | None:
         """Parse one frame; return the request to handle, or None when there is nothing (more) to do:
         garbage (answered 400 when it names a connection), disconnect notices, upload starts, bodies over
@@ -103,12 +97,12 @@ class Mongrel2Connection(WebConnection):
         if len(parts) >= 2 and parts[0] and parts[1].isdigit():
             body = HTTPResponse(f"{status_code} Bad Request\n", status_code, None,
                                 [("Content-Type", "text/plain"), ("Connection", "close")])
-            self.deliver(parts[0], [parts[1].decode()], body)
-            self.deliver(parts[0], [parts[1].decode()], b"")
+            self.publish(parts[0], [parts[1].decode()], body)
+            self.publish(parts[0], [parts[1].decode()], b"")
 
     # -- sending ------------------------------------------------------------------------------------
 
-    def deliver(self, sender: str | bytes, conn_ids: Iterable[str | int], data: bytes | str) -> None:
+    def publish(self, sender: str | bytes, conn_ids: Iterable[str | int], data: bytes | str) -> None:
         """Send `data` to connections of one Mongrel2 server, in chunks of its target limit."""
         payload = data.encode("utf-8") if isinstance(data, str) else data
         ids = list(conn_ids)
@@ -118,22 +112,22 @@ class Mongrel2Connection(WebConnection):
 
     def send(self, uuid: str | bytes, conn_id: str | int, msg: bytes | str) -> None:
         """Brubeck 0.4 name: send `msg` to one connection."""
-        self.deliver(uuid, [conn_id], msg)
+        self.publish(uuid, [conn_id], msg)
 
     def reply_bulk(self, uuid: str | bytes, idents: Iterable[str | int], data: bytes | str) -> None:
         """Brubeck 0.4 name: send the same `data` to many connections."""
-        self.deliver(uuid, idents, data)
+        self.publish(uuid, idents, data)
 
     def reply(self, message: Any, response: Any) -> None:
         """Answer `message`, then close its connection when the client asked for that (or is HTTP/1.0)."""
         data = http_bytes(response)
-        self.deliver(message.sender, [message.conn_id], head_only(data) if message.method == "HEAD" else data)
+        self.publish(message.sender, [message.conn_id], head_only(data) if message.method == "HEAD" else data)
         if message.should_close():
-            self.deliver(message.sender, [message.conn_id], b"")
+            self.publish(message.sender, [message.conn_id], b"")
 
     def close_connection(self, message: Any) -> None:
         """Ask Mongrel2 to close the client connection `message` came from."""
-        self.deliver(message.sender, [message.conn_id], b"")
+        self.publish(message.sender, [message.conn_id], b"")
 
     def close(self) -> None:
         if self._closed:

@@ -86,8 +86,11 @@ def test_malformed_frames_in_the_pull_path_do_not_stop_the_app(behind_mongrel2: 
 
 
 @pytest.mark.parametrize("frame", [*GARBAGE, *(frame % SENDER.encode() for frame in GARBAGE_WITH_AN_ID)])
-def test_serve_never_raises_on_garbage(behind_mongrel2: Running, frame: bytes) -> None:
-    mongrel2_connection(behind_mongrel2).serve(behind_mongrel2.app, frame)
+def test_accept_and_answer_never_raise_on_garbage(behind_mongrel2: Running, frame: bytes) -> None:
+    connection = mongrel2_connection(behind_mongrel2)
+    request = connection.accept(behind_mongrel2.app, frame)
+    if request is not None:
+        connection.answer(behind_mongrel2.app, request)
     assert fetch("GET", f"{behind_mongrel2.url}/hello").status_code == 200
 
 

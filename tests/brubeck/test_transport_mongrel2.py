@@ -125,8 +125,10 @@ def test_garbage_frames_get_a_400_when_they_name_a_connection_and_never_stop_ser
 
 
 @pytest.mark.parametrize("frame", GARBAGE + GARBAGE_WITH_AN_ID)
-def test_serve_never_raises_on_garbage(served: Served, frame: bytes) -> None:
-    served.connection.serve(served.app, frame)
+def test_accept_and_answer_never_raise_on_garbage(served: Served, frame: bytes) -> None:
+    request = served.connection.accept(served.app, frame)
+    if request is not None:
+        served.connection.answer(served.app, request)
 
 
 def test_a_raising_handler_is_a_500_and_the_next_request_is_served(served: Served) -> None:
