@@ -100,7 +100,7 @@ def service_client(table: Table) -> None:
 
     table.time(section, "PendingCalls new_id + add + pop", lambda: register)
     seq = itertools.count(1)
-    table.time(section, "envelope.encode_request (JSON x2 + HMAC)", lambda: lambda: envelope.encode_request(
+    table.time(section, "envelope.encode_request (JSON x2 + HMAC)", lambda: lambda: envelope.build_request(
         signer, b"0123abcd-1f", request, now_ms(), "0123456789abcdef", next(seq)))
     header = envelope.RequestHeader(ts=now_ms(), sid="0123456789abcdef", seq=1, path=ECHO_PATH,
                                     deadline=request.deadline)
@@ -111,10 +111,10 @@ def service_client(table: Table) -> None:
     frames5 = [envelope.MARKER, envelope.REQ, b"0123abcd-1f", _encode(header), PAYLOAD_JSON]
     table.time(section, "  of which: Signer.sign (HMAC-SHA256)", lambda: lambda: signer.sign(frames5))
     response_frames = _reply_frames(signer)
-    table.time(section, "envelope.parse (reply)", lambda: lambda: envelope.parse(response_frames))
-    env = envelope.parse(response_frames)
+    table.time(section, "envelope.parse (reply)", lambda: lambda: envelope.parse_envelope(response_frames))
+    env = envelope.parse_envelope(response_frames)
     now = now_ms()
-    table.time(section, "envelope.open_reply (HMAC verify + JSON x2)", lambda: lambda: envelope.open_reply(
+    table.time(section, "envelope.open_reply (HMAC verify + JSON x2)", lambda: lambda: envelope.parse_reply(
         env, signer, now, 30_000))
     table.time(section, "  of which: Signer.verify", lambda: lambda: signer.verify(env.signed_frames, env.mac))
     table.time(section, "now_ms() (called 3x per call)", lambda: now_ms)
@@ -133,7 +133,7 @@ def _reply_frames(signer: Any) -> list[bytes]:
     from brubeckservice.sockets import now_ms
 
     response = ServiceResponse(status_code=200, status_msg="OK", body=PAYLOAD, path=ECHO_PATH)
-    return list(envelope.encode_reply(signer, b"0123abcd-1f", response, now_ms()))
+    return list(envelope.build_reply(signer, b"0123abcd-1f", response, now_ms()))
 
 
 def service_server(table: Table) -> None:
@@ -152,14 +152,14 @@ def service_server(table: Table) -> None:
     base = ServiceRequest(path=ECHO_PATH, method="request", arguments=PAYLOAD, deadline=now_ms() + 600_000)
     now = now_ms()
     routing = [b"0123456789abcdef-0"]
-    requests = [[*routing, *envelope.encode_request(signer, b"0123abcd-%x" % i, base, now, "0123456789abcdef", i)]
+    requests = [[*routing, *envelope.build_request(signer, b"0123abcd-%x" % i, base, now, "0123456789abcdef", i)]
                 for i in range(1, count + 1)]
     table.time(section, "envelope.split_routing + parse", lambda: _consume(
-        requests, lambda f: envelope.parse(envelope.split_routing(f)[1])))
-    parsed = [envelope.parse(envelope.split_routing(f)[1]) for f in requests]
+        requests, lambda f: envelope.parse_envelope(envelope.split_routing(f)[1])))
+    parsed = [envelope.parse_envelope(envelope.split_routing(f)[1]) for f in requests]
     guard = ReplayGuard()
     table.time(section, "envelope.open_request (verify, JSON x2, replay, struct)", lambda: _consume(
-        parsed, lambda e: envelope.open_request(e, signer, now, guard)))
+        parsed, lambda e: envelope.parse_request(e, signer, now, guard)))
     guard2 = ReplayGuard()
     seqs = iter(range(1, 10**9))
     table.time(section, "  of which: ReplayGuard.check", lambda: lambda: guard2.check("s", next(seqs), now, now))
@@ -178,7 +178,7 @@ def service_server(table: Table) -> None:
         connection = ServiceConnection(f"ipc://{directory}/svc.sock", None, PASSPHRASE, context=context)
         app = Brubeck(msg_conn=connection, log_level=logging.WARNING, handler_tuples=[
             ("^/other$", EchoHandler), (f"^{ECHO_PATH}$", EchoHandler)])
-        request = envelope.open_request(parsed[-1], signer, now, ReplayGuard())
+        request = envelope.parse_request(parsed[-1], signer, now, ReplayGuard())
         table.time(section, "Brubeck.handle (route, handler, echo, render)", lambda: lambda: app.handle(request))
         table.time(section, "  of which: Router.match (2 routes)", lambda: lambda: app.router.match(
             ECHO_PATH, "request"))
@@ -186,7 +186,7 @@ def service_server(table: Table) -> None:
         table.time(section, "  of which: status text lookup (set_status 200)",
                    lambda: lambda: EchoHandler._status_text(EchoHandler, 200))  # type: ignore[arg-type]
         response = app.handle(request)
-        table.time(section, "envelope.encode_reply (JSON x2 + HMAC)", lambda: lambda: envelope.encode_reply(
+        table.time(section, "envelope.encode_reply (JSON x2 + HMAC)", lambda: lambda: envelope.build_reply(
             signer, b"0123abcd-1f", response, now_ms()))
         connection.close()
     finally:

@@ -137,7 +137,7 @@ def _paced_reply(connection: Any, message: Any, response: Any) -> None:
     from brubeckservice import envelope
     from brubeckservice.sockets import now_ms
 
-    frames = [*message.sender, *envelope.encode_reply(connection.signer, message.msg_id, response, now_ms())]
+    frames = [*message.sender, *envelope.build_reply(connection.signer, message.msg_id, response, now_ms())]
     while True:
         try:
             connection.socket.send_multipart(frames, flags=zmq.NOBLOCK)

@@ -6,7 +6,7 @@ as attributes (WSGI needs them apart). Brubeck 0.4's module-level `render()` bui
 
 from __future__ import annotations
 
-from brubeck.wire.http import HeaderInput, header_pairs, http_response, parse_response, status_phrase
+from brubeck.wire.http import HeaderInput, build_response, header_pairs, parse_response, status_phrase
 
 
 class HTTPResponse(bytes):
@@ -24,7 +24,7 @@ class HTTPResponse(bytes):
         # Content-Length is always computed from the body (the bytes already replace a given one); keeping
         # it in `headers` too would make WSGI send it twice.
         pairs = [(name, value) for name, value in header_pairs(headers) if name.lower() != "content-length"]
-        self = super().__new__(cls, http_response(payload, status_code, msg, pairs))
+        self = super().__new__(cls, build_response(payload, status_code, msg, pairs))
         self.status_code, self.status_msg, self.headers, self.body = status_code, msg, pairs, payload
         return self
 

@@ -90,7 +90,7 @@ def _seal(signer: Signer, kind: bytes, msg_id: bytes, header: bytes, body: bytes
     return frames
 
 
-def encode_request(signer: Signer, msg_id: bytes, request: ServiceRequest, now_ms: int, sid: str,
+def build_request(signer: Signer, msg_id: bytes, request: ServiceRequest, now_ms: int, sid: str,
                    seq: int, deadline: int | None = None) -> list[bytes]:
     """A signed REQ. `sid` names the calling session and `seq` numbers its requests (for replay checks);
     `deadline` (ms since the epoch) overrides the request's own."""
@@ -100,21 +100,21 @@ def encode_request(signer: Signer, msg_id: bytes, request: ServiceRequest, now_m
     return _seal(signer, REQ, msg_id, _encode(header), _encode(request.arguments))
 
 
-def encode_reply(signer: Signer, msg_id: bytes, response: ServiceResponse, now_ms: int) -> list[bytes]:
+def build_reply(signer: Signer, msg_id: bytes, response: ServiceResponse, now_ms: int) -> list[bytes]:
     header = ReplyHeader(ts=now_ms, status=response.status_code, msg=response.status_msg, path=response.path,
                          method=response.method, headers=response.headers, conn_id=response.conn_id)
     return _seal(signer, REP, msg_id, _encode(header), _encode(response.body))
 
 
-def encode_ping(signer: Signer, msg_id: bytes, now_ms: int) -> list[bytes]:
+def build_ping(signer: Signer, msg_id: bytes, now_ms: int) -> list[bytes]:
     return _seal(signer, PING, msg_id, _encode(ControlHeader(ts=now_ms)), b"{}")
 
 
-def encode_pong(signer: Signer, msg_id: bytes, now_ms: int, info: dict[str, Any]) -> list[bytes]:
+def build_pong(signer: Signer, msg_id: bytes, now_ms: int, info: dict[str, Any]) -> list[bytes]:
     return _seal(signer, PONG, msg_id, _encode(ControlHeader(ts=now_ms)), _encode(info))
 
 
-def encode_error(msg_id: bytes, status: int, msg: str, now_ms: int) -> list[bytes]:
+def build_error(msg_id: bytes, status: int, msg: str, now_ms: int) -> list[bytes]:
     """An unsigned rejection (the sender's key may be the very thing that is wrong). It carries no data."""
     return [MARKER, ERR, msg_id, _encode(ControlHeader(ts=now_ms, status=status, msg=msg)), b"", b""]
 
@@ -129,7 +129,7 @@ def split_routing(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     return frames[:-FRAMES], frames[-FRAMES:]
 
 
-def parse(frames: list[bytes]) -> Envelope:
+def parse_envelope(frames: list[bytes]) -> Envelope:
     """Check the envelope's shape; raise `ProtocolError` with the reason when it is wrong."""
     if len(frames) != FRAMES:
         raise ProtocolError(f"expected {FRAMES} frames, got {len(frames)}")
@@ -156,7 +156,7 @@ def _fresh(timestamp: int, now_ms: int, window_ms: int) -> None:
         raise AuthenticationError(problem)
 
 
-def open_request(envelope: Envelope, signer: Signer, now_ms: int, guard: ReplayGuard) -> ServiceRequest:
+def parse_request(envelope: Envelope, signer: Signer, now_ms: int, guard: ReplayGuard) -> ServiceRequest:
     """The request inside a REQ envelope, after checking its signature, deadline, age and uniqueness.
 
     Raises `AuthenticationError` (forged, unsigned, stale, replayed), `ProtocolError` (a field of the
@@ -182,7 +182,7 @@ def open_request(envelope: Envelope, signer: Signer, now_ms: int, guard: ReplayG
                           body=envelope.body, msg_id=envelope.msg_id)
 
 
-def open_reply(envelope: Envelope, signer: Signer, now_ms: int, window_ms: int) -> ServiceResponse:
+def parse_reply(envelope: Envelope, signer: Signer, now_ms: int, window_ms: int) -> ServiceResponse:
     """The response inside a REP envelope, after checking its signature and age.
 
     Replays need no more than that: the caller accepts one reply per outstanding correlation id.
@@ -199,7 +199,7 @@ def open_reply(envelope: Envelope, signer: Signer, now_ms: int, window_ms: int) 
                            timestamp=header.ts, msg_id=envelope.msg_id)
 
 
-def open_control(envelope: Envelope, signer: Signer | None, now_ms: int,
+def parse_control(envelope: Envelope, signer: Signer | None, now_ms: int,
                  window_ms: int) -> tuple[ControlHeader, Any]:
     """The header and body of a PING, PONG (signed: pass the signer) or ERR (unsigned: pass None)."""
     if signer is not None:
@@ -212,3 +212,9 @@ def open_control(envelope: Envelope, signer: Signer | None, now_ms: int,
     if signer is not None:
         _fresh(header.ts, now_ms, window_ms)
     return header, body
+
+
+# The names before 0.3.0 (encode_* and open_*, and parse), kept for code written against them.
+encode_request, encode_reply, encode_ping, encode_pong, encode_error = (
+    build_request, build_reply, build_ping, build_pong, build_error)
+open_request, open_reply, open_control, parse = parse_request, parse_reply, parse_control, parse_envelope

@@ -126,7 +126,7 @@ class ServiceConnection:
         """Check one received message; return the request to serve, or None when it was dealt with here."""
         try:
             routing, body = envelope.split_routing(frames)
-            env = envelope.parse(body)
+            env = envelope.parse_envelope(body)
         except ProtocolError as err:
             self.stats["malformed"] += 1
             status = self._reject_malformed(frames, err)
@@ -143,18 +143,18 @@ class ServiceConnection:
         self.stats["malformed"] += 1
         log.warning("refused unexpected %r message %r on %s, answered ERR 400", env.kind, env.msg_id,
                     self.service_addr)
-        self._send(routing, envelope.encode_error(env.msg_id, 400, f"a service does not accept {env.kind!r}",
+        self._send(routing, envelope.build_error(env.msg_id, 400, f"a service does not accept {env.kind!r}",
                                                   now_ms()))
         return None
 
     def _open_request(self, routing: list[bytes], env: envelope.Envelope) -> ServiceRequest | None:
         now = now_ms()
         try:
-            request = envelope.open_request(env, self.signer, now, self.guard)
+            request = envelope.parse_request(env, self.signer, now, self.guard)
         except AuthenticationError as err:
             self.stats["forged"] += 1
             log.warning("refused request %r on %s, answered ERR 401: %s", env.msg_id, self.service_addr, err)
-            self._send(routing, envelope.encode_error(env.msg_id, 401, str(err), now))
+            self._send(routing, envelope.build_error(env.msg_id, 401, str(err), now))
             return None
         except RequestExpired as err:
             # Its caller has given up: no work, and no answer (docs/protocol.md, REQ).
@@ -167,7 +167,7 @@ class ServiceConnection:
             log.warning("malformed request %r on %s, answered REP 400: %s", env.msg_id, self.service_addr, err)
             bad = ServiceResponse(status_code=400, status_msg="Bad Request",
                                   body=build_error_body("ProtocolError", str(err)))
-            self._send(routing, envelope.encode_reply(self.signer, env.msg_id, bad, now))
+            self._send(routing, envelope.build_reply(self.signer, env.msg_id, bad, now))
             return None
         request.sender = tuple(routing)
         return request
@@ -179,21 +179,21 @@ class ServiceConnection:
             msg_id = frames[-4]
             status = 400 if frames[-6] == envelope.MARKER else 505  # 505: another protocol version
             if 0 < len(msg_id) <= envelope.MAX_ID_SIZE:
-                self._send(frames[:-6], envelope.encode_error(msg_id, status, str(err), now_ms()))
+                self._send(frames[:-6], envelope.build_error(msg_id, status, str(err), now_ms()))
                 return status
         return None
 
     def _pong(self, routing: list[bytes], env: envelope.Envelope) -> None:
         now = now_ms()
         try:
-            envelope.open_control(env, self.signer, now, self.window_ms)
+            envelope.parse_control(env, self.signer, now, self.window_ms)
         except (AuthenticationError, ProtocolError) as err:
             self.stats["forged"] += 1
             log.warning("refused PING on %s: %s", self.service_addr, err)
-            self._send(routing, envelope.encode_error(env.msg_id, 401, str(err), now))
+            self._send(routing, envelope.build_error(env.msg_id, 401, str(err), now))
             return
         info = {"inflight": self.inflight, "served": self.stats["served"], "stats": dict(self.stats)}
-        self._send(routing, envelope.encode_pong(self.signer, env.msg_id, now, info))
+        self._send(routing, envelope.build_pong(self.signer, env.msg_id, now, info))
 
     # -- serving ------------------------------------------------------------------------------------
 
@@ -222,7 +222,7 @@ class ServiceConnection:
         now = now_ms()
         # A request without a deadline gets the replay window: its caller's view of "too late" anyway.
         deadline = message.deadline if message.deadline is not None else now + self.window_ms
-        self._send(list(message.sender), envelope.encode_reply(self.signer, message.msg_id, response, now), deadline)
+        self._send(list(message.sender), envelope.build_reply(self.signer, message.msg_id, response, now), deadline)
 
     def _send(self, routing: list[bytes], frames: list[bytes], deadline: int | None = None) -> None:
         """Send to one caller. When its queue is full (it sends faster than it reads replies), a worker

@@ -1,4 +1,4 @@
-"""HTTP/1.1 response bytes, built from a status, headers and a body. Pure: no sockets."""
+"""HTTP/1.1 response bytes, built from a status, headers and a body and parsed back. Pure: no sockets."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _check(text: str) -> str:
     return text
 
 
-def http_response(body: bytes | str, status_code: int = 200, status_msg: str | None = None,
+def build_response(body: bytes | str, status_code: int = 200, status_msg: str | None = None,
                   headers: HeaderInput | None = None) -> bytes:
     """A complete HTTP/1.1 response; Content-Length is computed, any given one is replaced."""
     payload = body.encode("utf-8") if isinstance(body, str) else body
@@ -73,3 +73,7 @@ def parse_response(raw: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
         name, _, value = line.partition(":")
         pairs.append((name.strip(), value.strip()))
     return int(code), reason, pairs, body
+
+
+#: Brubeck 0.4's name for `build_response` (`brubeck.request_handling.http_response`).
+http_response = build_response

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from brubeck.response import HTTPResponse, render
-from brubeck.wire.http import HeaderInput, head_only, header_pairs, http_response, parse_response, status_phrase
+from brubeck.wire.http import HeaderInput, build_response, head_only, header_pairs, parse_response, status_phrase
 
 Parts = tuple[int, str, list[tuple[str, str]], bytes]
 
@@ -30,7 +30,7 @@ RESPONSES: list[tuple[Parts, bytes]] = [
 @pytest.mark.parametrize(("parts", "raw"), RESPONSES)
 def test_response_parts_build_the_bytes(parts: Parts, raw: bytes) -> None:
     status_code, reason, headers, body = parts
-    assert http_response(body, status_code, reason, headers) == raw
+    assert build_response(body, status_code, reason, headers) == raw
 
 
 @pytest.mark.parametrize(("parts", "raw"), RESPONSES)
@@ -56,11 +56,11 @@ def test_response_recovered_from_bytes_has_the_parts_without_a_second_content_le
 
 
 def test_str_bodies_are_sent_as_utf8() -> None:
-    assert http_response("caf\u00e9") == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\ncaf\xc3\xa9"
+    assert build_response("caf\u00e9") == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\ncaf\xc3\xa9"
 
 
 def test_a_given_content_length_is_replaced_by_the_real_one() -> None:
-    raw = http_response(b"abc", 200, "OK", {"Content-Length": "999"})
+    raw = build_response(b"abc", 200, "OK", {"Content-Length": "999"})
     assert raw == b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
     assert HTTPResponse(b"abc", 200, "OK", {"content-length": "999"}).headers == []
 
@@ -71,7 +71,7 @@ def test_a_given_content_length_is_replaced_by_the_real_one() -> None:
 ])
 def test_default_reason_phrases(status_code: int, phrase: str) -> None:
     assert status_phrase(status_code) == phrase
-    assert http_response(b"", status_code).startswith(f"HTTP/1.1 {status_code} {phrase}\r\n".encode())
+    assert build_response(b"", status_code).startswith(f"HTTP/1.1 {status_code} {phrase}\r\n".encode())
 
 
 @pytest.mark.parametrize(("headers", "pairs"), [
@@ -94,7 +94,7 @@ def test_header_pairs_flatten_mappings_and_keep_pairs(headers: HeaderInput | Non
 def test_cr_or_lf_in_the_status_line_or_a_header_is_refused(status_msg: str | None,
                                                              headers: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="CR or LF"):
-        http_response(b"", 200, status_msg, headers)
+        build_response(b"", 200, status_msg, headers)
 
 
 @pytest.mark.parametrize("raw", [
@@ -115,6 +115,6 @@ def test_render_is_brubeck_04s_response_helper() -> None:
 
 
 def test_head_only_keeps_the_status_line_and_headers_with_the_get_content_length() -> None:
-    raw = http_response(b"hello", 200, None, {"Content-Type": "text/plain"})
+    raw = build_response(b"hello", 200, None, {"Content-Type": "text/plain"})
     assert head_only(raw) == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n"
     assert head_only(head_only(raw)) == head_only(raw)

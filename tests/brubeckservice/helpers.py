@@ -123,14 +123,14 @@ class FakeService:
         if not self.router.poll(int(timeout * 1000)):
             raise AssertionError(f"the client sent nothing within {timeout}s")
         routing, frames = envelope.split_routing(self.router.recv_multipart())
-        return routing, envelope.parse(frames)
+        return routing, envelope.parse_envelope(frames)
 
     def send(self, routing: list[bytes], frames: list[bytes]) -> None:
         self.router.send_multipart([*routing, *frames])
 
     def reply(self, routing: list[bytes], msg_id: bytes, response: ServiceResponse,
               signer: Signer | None = None) -> None:
-        self.send(routing, envelope.encode_reply(signer or self.signer, msg_id, response, now_ms()))
+        self.send(routing, envelope.build_reply(signer or self.signer, msg_id, response, now_ms()))
 
     def close(self) -> None:
         self.client.close()
@@ -142,7 +142,7 @@ def signed_request(signer: Signer, path: str = "/echo", *, msg_id: bytes = b"raw
                    arguments: dict[str, Any] | None = None) -> list[bytes]:
     """The six frames of a REQ as a hand-written client would send them (session "raw", number 1)."""
     request = ServiceRequest(path=path, arguments=arguments or {})
-    return envelope.encode_request(signer, msg_id, request, now_ms() if ts is None else ts, "raw", 1)
+    return envelope.build_request(signer, msg_id, request, now_ms() if ts is None else ts, "raw", 1)
 
 
 def receive(sock: zmq.Socket[bytes], timeout: float = WAIT) -> list[bytes]:
@@ -158,6 +158,6 @@ def assert_next_is_pong(sock: zmq.Socket[bytes], signer: Signer, msg_id: bytes =
     One connection keeps its order, so this proves that nothing was sent back before the PING was
     answered: the way to show that a message got no reply, without waiting an arbitrary time.
     """
-    sock.send_multipart(envelope.encode_ping(signer, msg_id, now_ms()))
-    env = envelope.parse(receive(sock))
+    sock.send_multipart(envelope.build_ping(signer, msg_id, now_ms()))
+    env = envelope.parse_envelope(receive(sock))
     assert (env.kind, env.msg_id) == (envelope.PONG, msg_id)

@@ -23,15 +23,15 @@ from brubeckservice.envelope import (
     REQ,
     ControlHeader,
     Envelope,
-    encode_error,
-    encode_ping,
-    encode_pong,
-    encode_reply,
-    encode_request,
-    open_control,
-    open_reply,
-    open_request,
-    parse,
+    build_error,
+    build_ping,
+    build_pong,
+    build_reply,
+    build_request,
+    parse_control,
+    parse_envelope,
+    parse_reply,
+    parse_request,
     split_routing,
 )
 from brubeckservice.errors import AuthenticationError, ProtocolError, RequestExpired
@@ -49,12 +49,12 @@ WINDOW_MS = 30_000
 
 def read(frames: list[bytes], now: int) -> Any:
     """What a receiver makes of one message (its envelope frames) at `now`; raises when it refuses it."""
-    env = parse(frames)
+    env = parse_envelope(frames)
     if env.kind == REQ:
-        return open_request(env, SIGNER, now, ReplayGuard(WINDOW_MS))
+        return parse_request(env, SIGNER, now, ReplayGuard(WINDOW_MS))
     if env.kind == REP:
-        return open_reply(env, SIGNER, now, WINDOW_MS)
-    return open_control(env, None if env.kind == ERR else SIGNER, now, WINDOW_MS)
+        return parse_reply(env, SIGNER, now, WINDOW_MS)
+    return parse_control(env, None if env.kind == ERR else SIGNER, now, WINDOW_MS)
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Golden:
 GOLDEN = [
     Golden(  # docs/protocol.md, section 6: the worked example
         "request",
-        lambda: encode_request(SIGNER, b"c0ffee00-1", ServiceRequest(
+        lambda: build_request(SIGNER, b"c0ffee00-1", ServiceRequest(
             path="/service/slow", arguments={"RETURN_DATA": "hello"}, deadline=TS + 30_000), TS, SID, 1),
         [b"BRS1", b"REQ", b"c0ffee00-1",
          b'{"ts":1700000000000,"sid":"0123456789abcdef","seq":1,"path":"/service/slow","deadline":1700000030000}',
@@ -83,7 +83,7 @@ GOLDEN = [
     ),
     Golden(
         "request_with_every_field",
-        lambda: encode_request(SIGNER, b"c0ffee00-2", ServiceRequest(
+        lambda: build_request(SIGNER, b"c0ffee00-2", ServiceRequest(
             path="/items/7", method="put", arguments={"name": "café", "tags": ["a", "b"]},
             headers={"X-Trace": "t1"}, conn_id="42"), TS, SID, 2),
         [b"BRS1", b"REQ", b"c0ffee00-2",
@@ -98,7 +98,7 @@ GOLDEN = [
     ),
     Golden(  # docs/protocol.md, section 6: the service's answer
         "reply",
-        lambda: encode_reply(SIGNER, b"c0ffee00-1", ServiceResponse(
+        lambda: build_reply(SIGNER, b"c0ffee00-1", ServiceResponse(
             status_code=200, status_msg="Took a while, but I am back.", body={"RETURN_DATA": "hello"},
             path="/service/slow"), TS + 5003),
         [b"BRS1", b"REP", b"c0ffee00-1",
@@ -112,7 +112,7 @@ GOLDEN = [
     ),
     Golden(
         "error_reply",
-        lambda: encode_reply(SIGNER, b"c0ffee00-5", ServiceResponse(
+        lambda: build_reply(SIGNER, b"c0ffee00-5", ServiceResponse(
             status_code=404, status_msg="Not Found",
             body={"error": {"type": "NotFound", "message": "Not Found (request /nope)"}}, path="/nope"), TS),
         [b"BRS1", b"REP", b"c0ffee00-5",
@@ -125,14 +125,14 @@ GOLDEN = [
     ),
     Golden(
         "ping",
-        lambda: encode_ping(SIGNER, b"c0ffee00-3", TS),
+        lambda: build_ping(SIGNER, b"c0ffee00-3", TS),
         [b"BRS1", b"PING", b"c0ffee00-3", b'{"ts":1700000000000}', b"{}",
          bytes.fromhex("c437f5e4479d4ca9ad19c488024f620f76e443752c84b9e8ce7f0a42592123da")],
         (ControlHeader(ts=TS), {}),
     ),
     Golden(
         "pong",
-        lambda: encode_pong(SIGNER, b"c0ffee00-3", TS + 5, {"inflight": 0, "served": 1, "stats": {"served": 1}}),
+        lambda: build_pong(SIGNER, b"c0ffee00-3", TS + 5, {"inflight": 0, "served": 1, "stats": {"served": 1}}),
         [b"BRS1", b"PONG", b"c0ffee00-3", b'{"ts":1700000000005}', b'{"inflight":0,"served":1,"stats":{"served":1}}',
          bytes.fromhex("e534f428897647159363d116a55858ed61344c76ad7f80c43facdb776d36f347")],
         (ControlHeader(ts=TS + 5), {"inflight": 0, "served": 1, "stats": {"served": 1}}),
@@ -140,7 +140,7 @@ GOLDEN = [
     ),
     Golden(
         "error_unsigned",
-        lambda: encode_error(b"c0ffee00-4", 401, "bad or missing signature", TS),
+        lambda: build_error(b"c0ffee00-4", 401, "bad or missing signature", TS),
         [b"BRS1", b"ERR", b"c0ffee00-4", b'{"ts":1700000000000,"status":401,"msg":"bad or missing signature"}',
          b"", b""],
         (ControlHeader(ts=TS, status=401, msg="bad or missing signature"), None),
@@ -161,13 +161,13 @@ def test_golden_frames_decode_to_the_values(golden: Golden) -> None:
 def test_a_decoded_request_encodes_back_to_the_same_frames() -> None:
     frames = GOLDEN[0].frames
     request = read(frames, TS)
-    assert encode_request(SIGNER, request.msg_id, request, request.timestamp, SID, 1) == frames
+    assert build_request(SIGNER, request.msg_id, request, request.timestamp, SID, 1) == frames
 
 
 def test_a_decoded_reply_encodes_back_to_the_same_frames() -> None:
     frames = GOLDEN[2].frames
     response = read(frames, TS + 5003)
-    assert encode_reply(SIGNER, response.msg_id, response, response.timestamp) == frames
+    assert build_reply(SIGNER, response.msg_id, response, response.timestamp) == frames
 
 
 # -- refused: the shape ---------------------------------------------------------------------------------
@@ -204,16 +204,16 @@ def resigned(frames: list[bytes], index: int, value: bytes) -> list[bytes]:
         "unknown-kind", "lowercase-kind", "empty-id", "oversized-id"])
 def test_a_malformed_shape_is_a_protocol_error(frames: list[bytes], message: str) -> None:
     with pytest.raises(ProtocolError) as refused:
-        parse(frames)
+        parse_envelope(frames)
     assert str(refused.value) == message
 
 
 def test_a_64_byte_id_is_the_largest_accepted() -> None:
-    assert parse(replaced(REQUEST, 2, b"x" * 64)).msg_id == b"x" * 64
+    assert parse_envelope(replaced(REQUEST, 2, b"x" * 64)).msg_id == b"x" * 64
 
 
 def test_parse_keeps_the_frames_for_checking_the_signature() -> None:
-    env = parse(REQUEST)
+    env = parse_envelope(REQUEST)
     assert env == Envelope(REQ, REQUEST[2], REQUEST[3], REQUEST[4], REQUEST[5])
     assert env.signed_frames == tuple(REQUEST[:5])
 
@@ -326,7 +326,7 @@ def test_a_stale_message_is_an_authentication_error(frames: list[bytes], now: in
 def test_a_request_past_its_deadline_is_expired_not_a_clock_or_key_problem() -> None:
     guard = ReplayGuard()
     with pytest.raises(RequestExpired) as refused:
-        open_request(parse(REQUEST), SIGNER, TS + 60_000, guard)  # deadline TS + 30 s
+        parse_request(parse_envelope(REQUEST), SIGNER, TS + 60_000, guard)  # deadline TS + 30 s
     assert str(refused.value) == ("arrived 30.0s after its caller's deadline (it waited in a queue, or the "
                                   "clocks of caller and service disagree)")
     assert len(guard) == 0  # not served, so no replay state
@@ -344,10 +344,10 @@ def test_an_unsigned_err_is_accepted_though_it_carries_no_data() -> None:
 
 def test_a_replayed_request_is_an_authentication_error() -> None:
     guard = ReplayGuard()
-    first = open_request(parse(REQUEST), SIGNER, TS, guard)
+    first = parse_request(parse_envelope(REQUEST), SIGNER, TS, guard)
     assert first.path == "/service/slow"
     with pytest.raises(AuthenticationError) as refused:
-        open_request(parse(REQUEST), SIGNER, TS + 1, guard)
+        parse_request(parse_envelope(REQUEST), SIGNER, TS + 1, guard)
     assert str(refused.value) == "replayed message"
 
 
@@ -425,3 +425,12 @@ def test_the_fixture_file_holds_the_golden_table() -> None:
 
 if __name__ == "__main__":
     FIXTURE.write_text(json.dumps(fixture_document(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def test_the_names_before_0_3_0_are_the_same_functions() -> None:
+    from brubeckservice import envelope
+
+    assert (envelope.encode_request, envelope.encode_reply, envelope.encode_ping, envelope.encode_pong,
+            envelope.encode_error) == (build_request, build_reply, build_ping, build_pong, build_error)
+    assert (envelope.open_request, envelope.open_reply, envelope.open_control, envelope.parse) == (
+        parse_request, parse_reply, parse_control, parse_envelope)

@@ -38,14 +38,14 @@ SIGNER = Signer(PASSPHRASE)
 
 def error_of(frames: list[bytes]) -> tuple[bytes, int, str]:
     """(correlation id, status, message) of an ERR the service sent."""
-    env = envelope.parse(frames)
+    env = envelope.parse_envelope(frames)
     assert env.kind == envelope.ERR
-    header, _ = envelope.open_control(env, None, now_ms(), 30_000)
+    header, _ = envelope.parse_control(env, None, now_ms(), 30_000)
     return env.msg_id, header.status, header.msg
 
 
 def reply_of(frames: list[bytes]) -> ServiceResponse:
-    return envelope.open_reply(envelope.parse(frames), SIGNER, now_ms(), 30_000)
+    return envelope.parse_reply(envelope.parse_envelope(frames), SIGNER, now_ms(), 30_000)
 
 
 # -- routing to handlers ------------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_a_request_that_queued_past_its_deadline_is_skipped_as_late_not_refused_
     # Sent 40 s ago with a 10 s timeout (it waited in a queue while the service was down): not a clock or key
     # problem, and its caller has given up, so no answer at all.
     sent = now_ms() - 40_000
-    late = envelope.encode_request(SIGNER, b"late", ServiceRequest(path="/echo", deadline=sent + 10_000), sent,
+    late = envelope.build_request(SIGNER, b"late", ServiceRequest(path="/echo", deadline=sent + 10_000), sent,
                                    "raw", 1)
     raw = pair.raw_socket()
     with caplog.at_level(logging.INFO, logger="brubeckservice.server"):
@@ -191,7 +191,7 @@ def test_garbage_is_dropped_and_real_calls_keep_succeeding(pair: ServicePair) ->
         ([b"BRS1", b"NOPE", b"kind", b"{}", b"{}", b"\x00" * 32], (b"kind", 400, "unknown message kind b'NOPE'")),
         ([b"BRS1", b"REQ", b"", b"{}", b"{}", b"\x00" * 32], None),  # no usable id to answer to
         ([b"BRS1", b"REQ", b"unsigned", b'{"ts":"now"}', b"{}", b""], (b"unsigned", 401, "bad or missing signature")),
-        (envelope.encode_reply(SIGNER, b"not-for-me", ServiceResponse(status_code=200), now_ms()),
+        (envelope.build_reply(SIGNER, b"not-for-me", ServiceResponse(status_code=200), now_ms()),
          (b"not-for-me", 400, "a service does not accept b'REP'")),
     ]
     for frames, _ in cases:
@@ -228,7 +228,7 @@ def test_the_log_says_whether_a_bad_message_was_answered_or_dropped(pair: Servic
 
 def test_a_forged_ping_is_refused(pair: ServicePair) -> None:
     raw = pair.raw_socket()
-    raw.send_multipart(envelope.encode_ping(Signer("not the passphrase"), b"who", now_ms()))
+    raw.send_multipart(envelope.build_ping(Signer("not the passphrase"), b"who", now_ms()))
     assert error_of(receive(raw)) == (b"who", 401, "bad or missing signature")
 
 
@@ -257,7 +257,7 @@ def test_a_caller_slower_to_read_than_to_send_still_gets_every_reply(pair: Servi
     count = 12_000
     for seq in range(1, count + 1):
         request = ServiceRequest(path="/echo", arguments={"RETURN_DATA": seq})
-        raw.send_multipart(envelope.encode_request(SIGNER, b"%d" % seq, request, now_ms(), "flood", seq))
+        raw.send_multipart(envelope.build_request(SIGNER, b"%d" % seq, request, now_ms(), "flood", seq))
     seen = {reply_of(receive(raw)).body["RETURN_DATA"] for _ in range(count)}
     assert seen == set(range(1, count + 1))
     assert pair.connection.stats["undeliverable"] == 0

@@ -35,14 +35,14 @@ for n in range(rounds):
         sock.send_multipart([marker, kind, msg_id, b"{}", b"{}", b"\0" * 32])
     msg_id = b"forged-%d" % n
     expected[msg_id] = 401
-    sock.send_multipart(envelope.encode_request(forger, msg_id, ServiceRequest(path="/service/slow"),
+    sock.send_multipart(envelope.build_request(forger, msg_id, ServiceRequest(path="/service/slow"),
                                                 now_ms(), "forger", n + 1))
 
 while expected:
     if not sock.poll(10_000):
         sys.exit(f"no answer for {sorted(expected)}")
-    env = envelope.parse(sock.recv_multipart())
-    header, _ = envelope.open_control(env, None, now_ms(), 30_000)
+    env = envelope.parse_envelope(sock.recv_multipart())
+    header, _ = envelope.parse_control(env, None, now_ms(), 30_000)
     if env.kind != envelope.ERR or expected.pop(env.msg_id, None) != header.status:
         sys.exit(f"unexpected answer {env.kind!r} {env.msg_id!r} {header.status}")
 print(f"{rounds} rounds of garbage refused")
