@@ -99,7 +99,7 @@ class Brubeck:
         try:
             return target(self, message, *match.args, **match.kwargs)
         except BrubeckError as err:
-            return base(self, message)._error_for(err)
+            return base(self, message).answer_error(err)
         except Exception as err:
             return base(self, message).error(err)
 

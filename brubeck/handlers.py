@@ -145,8 +145,10 @@ class MessageHandler:
         log.error("%s failed on %r", type(self).__name__, self.message, exc_info=err)
         return self.render_error(self._SERVER_ERROR)
 
-    def _error_for(self, err: BrubeckError) -> Any:
-        """A brubeck (or service) error carries its status; answer with it."""
+    def answer_error(self, err: BrubeckError) -> Any:
+        """Answer a brubeck (or service) error raised by the handler or a function route with the status it
+        carries (`HTTPError`: its status and message; a `ServiceTimeout`: 504, ...), logging all but
+        `HTTPError`, which a handler raises on purpose."""
         if isinstance(err, HTTPError):
             return self.render_error(err.status_code, err.message)
         log.warning("%s on %r: %s", type(err).__name__, self.message, err)
@@ -167,7 +169,7 @@ class MessageHandler:
                 self._finished = True
                 return result
             except BrubeckError as err:
-                return self._error_for(err)
+                return self.answer_error(err)
             except Exception as err:
                 return self.error(err)
         finally:
