@@ -2,7 +2,7 @@
 
 Mongrel2 runs as its own process (brubeck.testing.Mongrel2Server); the application runs in this process's
 gevent hub with Mongrel2Connection.process_messages; clients run in OS threads (see http_client.py). What
-both transports must do alike is in test_transports.py; this module holds what is Mongrel2's own.
+both transports must do alike is in test_both_transports.py; this module holds what is Mongrel2's own.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from brubeck.wire.mongrel2 import (
     parse_reply,
 )
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mongrel2"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "mongrel2"
 SENDER = "54c6755b-9628-40dc-9a7d-5bc6e6a1f6f1"
 
 

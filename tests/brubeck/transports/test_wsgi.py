@@ -1,6 +1,6 @@
 """The WSGI transport: the sample application on a real gevent WSGI server, driven by real HTTP clients.
 
-What both transports must do alike is in test_transports.py; this module holds what is WSGI's own.
+What both transports must do alike is in test_both_transports.py; this module holds what is WSGI's own.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The fake pushes request frames and reads the reply frames the connection publishes, so these tests see
 exactly what Mongrel2 would receive: which connection a reply goes to, when a close frame follows, and
-when nothing is sent at all. tests/brubeck/test_mongrel2_integration.py repeats the essentials through a
+when nothing is sent at all. test_mongrel2_integration.py repeats the essentials through a
 real Mongrel2 and real HTTP.
 """
 
