@@ -1,7 +1,8 @@
 """A fake Mongrel2: the two handler sockets Mongrel2 binds, on loopback TCP, driven by the test.
 
-Push request frames in, read the reply frames a Mongrel2Connection publishes. Used alone (transports/
-test_mongrel2.py) or beside a real Mongrel2 as an extra peer of the app's sockets (transports/test_mongrel2_integration.py).
+Push request frames in, read the reply frames a Mongrel2Connection publishes. Used alone
+(transports/test_mongrel2.py) or beside a real Mongrel2 as an extra peer of the app's sockets
+(transports/test_mongrel2_integration.py).
 """
 
 from __future__ import annotations
