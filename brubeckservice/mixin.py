@@ -42,14 +42,16 @@ class ServiceClientMixin:
                          passphrase: str | bytes = "", **options: Any) -> ServiceClient:
         """Connect this application to a service once; later calls return the same client.
 
-        Options go to `ServiceClient` (e.g. `timeout`, the app-wide default for calls to this service,
-        which otherwise comes from the app's `service_timeout` setting, else 30 s).
+        Options go to `ServiceClient`: e.g. `timeout`, how long a call to this service waits for its reply
+        (else the app's `service_timeout` setting, else 30 s), and `connect_timeout`, how long a call waits
+        for a connection to it (else the app's `service_connect_timeout` setting, else 3 s).
         """
         services = registry(self.application)
         client = services.get(service_addr)
         if client is None:
             app = self.application
             options.setdefault("timeout", app.settings.get("service_timeout", DEFAULT_TIMEOUT))
+            options.setdefault("connect_timeout", app.settings.get("service_connect_timeout"))
             client = ServiceClient(service_addr, service_response_addr, passphrase,
                                    on_reply=lambda response: handle_reply(app, response), **options)
             services[service_addr] = client
@@ -74,13 +76,18 @@ class ServiceClientMixin:
                              timeout: float | None = None) -> tuple[ServiceResponse, Any]:
         """Send and wait; returns (the service's response, what this app's response handler returned).
 
-        Raises ServiceTimeout (504 to the web client if not caught), ServiceUnavailable (503),
-        AuthenticationError or ProtocolError.
+        Raises ServiceTimeout (504 to the web client if not caught), ServiceUnavailable (503: no
+        connection within the connect timeout, or it dropped), AuthenticationError or ProtocolError.
         """
         response = self.service_client(service_addr).call_request(service_req, timeout)
         return response, handle_reply(self.application, response)
 
     def send_service_request_nowait(self, service_addr: str, service_req: ServiceRequest,
                                     timeout: float | None = None) -> bytes:
-        """Send without waiting; the reply is handled by this app's response handler when it comes."""
+        """Send without waiting; the reply is handled by this app's response handler when it comes.
+
+        Returns at once: the request is queued to a live connection, or held until one comes (at most the
+        connect timeout; a failure after that is logged). Raises ServiceUnavailable (503) at once when the
+        service is already known to be out of reach.
+        """
         return self.service_client(service_addr).send_request(service_req, timeout)

@@ -133,7 +133,7 @@ class FakeService:
         self.send(routing, envelope.build_reply(signer or self.signer, msg_id, response, now_ms()))
 
     def close(self) -> None:
-        self.client.close()
+        self.client.close(timeout=0)
         self.router.close(linger=0)
         self.context.destroy(linger=0)
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import gevent
 import msgspec
 import pytest
+from gevent.event import Event
 from gevent.queue import Queue
 
 from brubeck.testing import free_port
 from brubeckservice import envelope
-from brubeckservice.client import ServiceClient
+from brubeckservice.client import DEFAULT_CONNECT_TIMEOUT, ServiceClient
 from brubeckservice.errors import (
     AuthenticationError,
     ProtocolError,
@@ -129,6 +130,7 @@ def test_a_later_send_with_an_earlier_timeout_still_times_out_on_time(pair: Serv
     assert isinstance(errors.get(timeout=WAIT), ServiceTimeout)
     assert time.monotonic() - started < 2
     assert pair.client.pending == 1
+    pair.client.close(timeout=0)  # the first is still out, and nothing will answer it: do not wait
 
 
 # -- no service, wrong service -----------------------------------------------------------------------------
@@ -151,6 +153,60 @@ def test_connect_timeout_gives_up_before_the_call_timeout() -> None:
         with pytest.raises(ServiceUnavailable):
             client.call("/echo")
         assert time.monotonic() - started < 2
+
+
+def test_no_service_fails_a_call_within_the_default_connect_timeout_not_the_call_timeout(tmp_path: Path) -> None:
+    with ServiceClient(f"ipc://{tmp_path}/nobody", None, PASSPHRASE, timeout=30) as client:
+        assert client.connect_timeout == DEFAULT_CONNECT_TIMEOUT < 10
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match="no connection to the service"):
+            client.call("/echo")
+        assert time.monotonic() - started < 10  # the 30 s call timeout never came into it
+        assert client.pending == 0
+
+
+def test_a_send_with_no_service_returns_at_once_and_reports_to_on_error(tmp_path: Path) -> None:
+    with ServiceClient(f"ipc://{tmp_path}/nobody", None, PASSPHRASE, timeout=30, connect_timeout=0.5) as client:
+        replies: Queue = Queue()
+        errors: Queue = Queue()
+        started = time.monotonic()
+        client.send("/echo", on_reply=replies.put, on_error=errors.put)
+        assert (client.pending, errors.qsize()) == (1, 0)  # returned while the message waits for a connection
+        error = errors.get(timeout=WAIT)
+        assert isinstance(error, ServiceUnavailable)
+        assert "no connection to the service" in str(error)
+        assert time.monotonic() - started < 10
+        assert (client.pending, replies.qsize()) == (0, 0)
+
+
+def test_once_the_connect_timeout_has_run_out_calls_and_sends_fail_at_once(tmp_path: Path) -> None:
+    with ServiceClient(f"ipc://{tmp_path}/nobody", None, PASSPHRASE, timeout=30, connect_timeout=0.3) as client:
+        assert client.available  # connecting: a message would be held
+        with pytest.raises(ServiceUnavailable):
+            client.call("/echo")
+        assert not client.available
+        errors: Queue = Queue()
+        with pytest.raises(ServiceUnavailable, match=r"no connection to the service at .* for 0\.3s"):
+            client.send("/echo", on_error=errors.put)  # raised: nothing was held, nothing waits
+        with pytest.raises(ServiceUnavailable, match="no connection to the service"):
+            client.ping()
+        assert (client.pending, errors.qsize(), client.stats["unavailable"]) == (0, 0, 3)
+
+
+def test_a_service_started_after_the_client_is_reached(tmp_path: Path, gate: Gate) -> None:
+    address = f"ipc://{tmp_path}/later"
+    with ServiceClient(address, None, PASSPHRASE, timeout=WAIT, connect_timeout=WAIT) as client:
+        replies: Queue = Queue()
+        client.send("/echo", arguments={"RETURN_DATA": "sent first"}, on_reply=replies.put)  # returns at once
+        call = gevent.spawn(client.call, "/echo", arguments={"RETURN_DATA": "called"})
+        wait_until(lambda: client.pending == 2, "both to wait for the connection")
+        with ServicePair(ROUTES, PASSPHRASE, address=address, gate=gate) as service:
+            assert call.get(timeout=WAIT).body["RETURN_DATA"] == "called"
+            assert replies.get(timeout=WAIT).body["RETURN_DATA"] == "sent first"
+            assert client.endpoints[0].connected
+            assert service.connection.stats["served"] == 2
+            assert client.call("/echo").ok  # and straight through from now on
+            assert client.stats["held"] == 2
 
 
 def test_a_wrong_passphrase_is_an_authentication_error(pair: ServicePair) -> None:
@@ -178,6 +234,18 @@ def test_a_request_over_max_message_size_is_refused_before_it_is_sent(gate: Gate
 
 # -- ping and close -------------------------------------------------------------------------------------
 
+def test_ping_without_a_timeout_waits_the_clients_timeout(fake_service: FakeService) -> None:
+    client = ServiceClient(fake_service.address, None, PASSPHRASE, context=fake_service.context, timeout=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServiceTimeout):
+            client.ping()  # the fake service never answers
+        assert 0.3 <= time.monotonic() - started < 2
+        assert client.pending == 0
+    finally:
+        client.close(timeout=0)
+
+
 def test_ping_returns_the_services_stats(pair: ServicePair, gate: Gate) -> None:
     assert pair.client.ping() == {"inflight": 0, "served": 0, "stats": {}}
     pair.client.call("/echo")
@@ -190,13 +258,81 @@ def test_ping_returns_the_services_stats(pair: ServicePair, gate: Gate) -> None:
     assert pair.client.ping()["served"] == 3
 
 
-def test_close_fails_pending_calls_with_service_unavailable(pair: ServicePair, gate: Gate) -> None:
+def test_close_waits_for_the_replies_on_their_way_and_runs_their_callbacks(pair: ServicePair, gate: Gate) -> None:
+    client = pair.client
+    waiting = gevent.spawn(client.call, "/block", arguments={"RETURN_DATA": "called"})
+    handled: Queue = Queue()
+    client.send("/block", arguments={"RETURN_DATA": "sent"}, on_reply=lambda r: handled.put(r.body))
+    gate.next_arrival()
+    gate.next_arrival()
+    closing = gevent.spawn(client.close)
+    wait_until(lambda: client._closing, "close to begin")
+    with pytest.raises(ServiceUnavailable, match="the service client is closed"):
+        client.call("/echo")  # no new calls while closing
+    assert not closing.ready()  # still waiting for the two replies
+    gate.release.set()
+    closing.get(timeout=WAIT)
+    assert handled.get_nowait() == {"RETURN_DATA": "sent", "conn_id": ""}  # it ran before close returned
+    assert waiting.get(timeout=WAIT).body["RETURN_DATA"] == "called"
+    assert (client.pending, client.stats["replies"]) == (0, 2)
+
+
+def test_leaving_the_with_block_delivers_a_fire_and_forget_reply(pair: ServicePair, gate: Gate) -> None:
+    handled: Queue = Queue()
+
+    def answer_when_it_arrives() -> None:
+        gate.next_arrival()
+        gate.release.set()
+
+    with pair.new_client() as client:
+        client.send("/block", arguments={"RETURN_DATA": "bye"}, on_reply=handled.put)
+        gevent.spawn(answer_when_it_arrives)
+    assert handled.get_nowait().body["RETURN_DATA"] == "bye"  # leaving the block waited for the reply
+
+
+def test_close_waits_for_a_running_callback_but_not_for_itself(pair: ServicePair) -> None:
+    finish = Event()
+    order: list[str] = []
+
+    def slow_callback(response: ServiceResponse) -> None:
+        finish.wait(WAIT)
+        order.append("callback")
+
+    client = pair.new_client()
+    client.send("/echo", on_reply=slow_callback)
+    wait_until(lambda: client.pending == 0, "the reply")
+
+    def close() -> None:
+        client.close()
+        order.append("closed")
+
+    closing = gevent.spawn(close)
+    wait_until(lambda: client._closing, "close to begin")
+    assert not closing.ready()
+    finish.set()
+    closing.get(timeout=WAIT)
+    assert order == ["callback", "closed"]
+
+    closed_by_its_callback = pair.new_client()
+    done: Queue = Queue()
+
+    def close_from_the_callback(response: ServiceResponse) -> None:
+        closed_by_its_callback.close(timeout=30)
+        done.put("closed")
+
+    closed_by_its_callback.send("/echo", on_reply=close_from_the_callback)
+    assert done.get(timeout=WAIT) == "closed"  # it did not wait 30 s for itself
+
+
+def test_close_fails_the_calls_still_out_after_its_timeout(pair: ServicePair, gate: Gate) -> None:
     waiting = gevent.spawn(pair.client.call, "/block")
     errors: Queue = Queue()
     pair.client.send("/block", on_error=errors.put)
     gate.next_arrival()
     gate.next_arrival()
-    pair.client.close()
+    started = time.monotonic()
+    pair.client.close(timeout=0.2)
+    assert 0.2 <= time.monotonic() - started < WAIT
     with pytest.raises(ServiceUnavailable, match="closed"):
         waiting.get(timeout=WAIT)
     assert isinstance(errors.get(timeout=WAIT), ServiceUnavailable)

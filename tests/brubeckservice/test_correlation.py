@@ -77,3 +77,30 @@ def test_iterating_is_safe_while_calls_come_and_go() -> None:
         calls.pop(msg_id)
         calls.add(msg_id + b"-again", Call("/"))
     assert len(calls) == 3
+
+
+def test_on_empty_is_called_whenever_the_last_call_goes() -> None:
+    # What a closing client waits on: every way a call leaves the table (reply, timeout, drain) counts.
+    calls = PendingCalls()
+    emptied: list[int] = []
+    calls.on_empty = lambda: emptied.append(len(calls))
+    second = Call("/2")
+    calls.add(b"1", Call("/1"))
+    calls.add(b"2", second, expires_at=1.0)
+    calls.pop(b"1")
+    assert emptied == []  # one is still out
+    assert calls.expire(2.0) == [(b"2", second)]
+    assert emptied == [0]
+    calls.add(b"3", Call("/3"))
+    calls.pop(b"unknown")
+    assert emptied == [0]  # nothing left the table
+    calls.drain()
+    assert emptied == [0, 0]
+
+
+def test_a_call_is_outstanding_until_it_leaves() -> None:
+    calls = PendingCalls()
+    calls.add(b"1", Call("/1"))
+    assert b"1" in calls
+    calls.pop(b"1")
+    assert b"1" not in calls

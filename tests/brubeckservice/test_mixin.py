@@ -6,7 +6,10 @@ ServiceClientMixin and whose ServiceResponseHandler receives the replies, as in 
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,13 +20,13 @@ from brubeck.connections import WSGIConnection
 from brubeck.handlers import WebMessageHandler
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
-from brubeckservice.client import DEFAULT_TIMEOUT, ServiceClient
+from brubeckservice.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, ServiceClient
 from brubeckservice.errors import ServiceError
 from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.mixin import ServiceClientMixin, registry
 from brubeckservice.models import ServiceResponse
 from brubeckservice.testing import ServicePair
-from tests.brubeckservice.helpers import PASSPHRASE, WAIT, Gate
+from tests.brubeckservice.helpers import PASSPHRASE, WAIT, Gate, wait_until
 
 
 class ServiceResponseHandler(ServiceMessageHandler):
@@ -44,6 +47,29 @@ class Page(ServiceClientMixin, WebMessageHandler):
         request = self.create_service_request("/block", "request", {"RETURN_DATA": "for the page"})
         response, _ = self.send_service_request(settings["service_addr"], request, timeout=0.2)
         self.set_body(response.body["RETURN_DATA"])
+        return self.render()
+
+
+class SyncPage(ServiceClientMixin, WebMessageHandler):
+    """The README Quick start's /sync: waits for the service, with the client's own timeouts."""
+
+    def get(self) -> HTTPResponse:
+        service_addr = self.application.settings["service_addr"]
+        self.register_service(service_addr, None, PASSPHRASE)
+        request = self.create_service_request("/echo", "request", {"RETURN_DATA": "hello"})
+        response, _ = self.send_service_request(service_addr, request)
+        self.set_body(response.body["RETURN_DATA"])
+        return self.render()
+
+
+class AsyncPage(ServiceClientMixin, WebMessageHandler):
+    """The README Quick start's /async: hands the call off and answers at once."""
+
+    def get(self) -> HTTPResponse:
+        service_addr = self.application.settings["service_addr"]
+        self.register_service(service_addr, None, PASSPHRASE)
+        self.send_service_request_nowait(service_addr, self.create_service_request("/echo", "request"))
+        self.set_body("handed off")
         return self.render()
 
 
@@ -99,6 +125,18 @@ def test_the_apps_service_timeout_setting_is_the_default_timeout(pair: ServicePa
     clients = [register(page(apps[0]), pair), register(page(apps[1]), pair), register(page(apps[2]), pair, timeout=0.7)]
     try:
         assert [c.timeout for c in clients] == [DEFAULT_TIMEOUT, 1.5, 0.7]
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_connect_timeout_comes_from_register_service_else_the_apps_setting(pair: ServicePair) -> None:
+    apps = [client_app(pair), client_app(pair, service_connect_timeout=0.5),
+            client_app(pair, service_connect_timeout=0.5)]
+    clients = [register(page(apps[0]), pair), register(page(apps[1]), pair),
+               register(page(apps[2]), pair, connect_timeout=0.7)]
+    try:
+        assert [c.connect_timeout for c in clients] == [DEFAULT_CONNECT_TIMEOUT, 0.5, 0.7]
     finally:
         for client in clients:
             client.close()
@@ -177,3 +215,54 @@ def test_nowait_returns_at_once_and_the_reply_reaches_the_response_handler_once(
     client.ping()
     assert replies.empty()
     assert client.stats["replies"] == 1
+
+
+# -- no service: fail fast -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def lonely_app(tmp_path: Path) -> Iterator[Brubeck]:
+    """A web app (the README's /sync and /async) whose service is not running: a 30 s call timeout, and a
+    0.5 s connect timeout from the app's settings."""
+    application = Brubeck(msg_conn=WSGIConnection(port=0),
+                          handler_tuples=[(r"^/sync", SyncPage), (r"^/async", AsyncPage),
+                                          (r"^/echo", ServiceResponseHandler)],
+                          replies=Queue(), service_addr=f"ipc://{tmp_path}/stopped", service_timeout=30,
+                          service_connect_timeout=0.5)
+    yield application
+    for client in registry(application).values():
+        client.close(timeout=0)
+
+
+def get(application: Brubeck, path: str) -> HTTPResponse:
+    answer: HTTPResponse = application.handle(Request("wsgi", "77", path, {"METHOD": "GET", "PATH": path}, b""))
+    return answer
+
+
+def test_a_sync_page_calling_a_stopped_service_answers_503_within_the_connect_timeout(lonely_app: Brubeck) -> None:
+    started = time.monotonic()
+    answer = get(lonely_app, "/sync")
+    assert answer.status_code == 503
+    assert time.monotonic() - started < 10  # the connect timeout (0.5 s), not the call timeout (30 s)
+    assert lonely_app.settings["replies"].empty()
+
+
+def test_a_nowait_page_calling_a_stopped_service_answers_at_once(lonely_app: Brubeck,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="brubeckservice.client"):
+        answer = get(lonely_app, "/async")
+        assert (answer.status_code, answer.body) == (200, b"handed off")
+        client = registry(lonely_app)[lonely_app.settings["service_addr"]]
+        assert client.pending == 1  # it answered while the call still waited for a connection
+        wait_until(lambda: client.stats["unavailable"] == 1, "the call to fail for want of a connection")
+    assert "call to /echo failed: no connection to the service" in caplog.text
+    assert client.pending == 0
+
+
+def test_once_the_service_is_known_to_be_down_a_nowait_page_answers_503_at_once(lonely_app: Brubeck) -> None:
+    assert get(lonely_app, "/sync").status_code == 503  # waited the connect timeout once
+    client = registry(lonely_app)[lonely_app.settings["service_addr"]]
+    assert not client.available
+    held = client.stats["held"]
+    answer = get(lonely_app, "/async")
+    assert answer.status_code == 503
+    assert (client.pending, client.stats["held"]) == (0, held)  # refused at once, not held
