@@ -77,10 +77,10 @@ def _consume(items: list[Any], use: Callable[[Any], object]) -> Step:
 
 def service_client(table: Table) -> None:
     from brubeckservice import envelope
+    from brubeckservice.clock import now_ms
     from brubeckservice.correlation import Call, PendingCalls
     from brubeckservice.models import ServiceRequest
     from brubeckservice.signing import Signer
-    from brubeckservice.sockets import now_ms
 
     section = "client"
     print("Service call, client side (ServiceClient.call / send)")
@@ -129,8 +129,8 @@ def _timeout_step() -> None:
 
 def _reply_frames(signer: Any) -> list[bytes]:
     from brubeckservice import envelope
+    from brubeckservice.clock import now_ms
     from brubeckservice.models import ServiceResponse
-    from brubeckservice.sockets import now_ms
 
     response = ServiceResponse(status_code=200, status_msg="OK", body=PAYLOAD, path=ECHO_PATH)
     return list(envelope.build_reply(signer, b"0123abcd-1f", response, now_ms()))
@@ -141,9 +141,9 @@ def service_server(table: Table) -> None:
 
     from brubeck.application import Brubeck
     from brubeckservice import ServiceConnection, ServiceMessageHandler, ServiceResponse, envelope
+    from brubeckservice.clock import now_ms
     from brubeckservice.models import ServiceRequest
     from brubeckservice.signing import ReplayGuard, Signer
-    from brubeckservice.sockets import now_ms
 
     section = "service"
     print("Service call, service side (ServiceConnection + Brubeck.handle + ServiceMessageHandler)")

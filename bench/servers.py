@@ -135,7 +135,7 @@ def _paced_reply(connection: Any, message: Any, response: Any) -> None:
     report): fine for a reply now and then, not for 10,000 held replies released at once.
     """
     from brubeckservice import envelope
-    from brubeckservice.sockets import now_ms
+    from brubeckservice.clock import now_ms
 
     frames = [*message.sender, *envelope.build_reply(connection.signer, message.msg_id, response, now_ms())]
     while True:

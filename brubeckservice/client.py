@@ -42,7 +42,10 @@ from zmq.utils.monitor import parse_monitor_message
 
 from brubeck.transports.channel import Channel, Workers
 from brubeckservice import envelope
+from brubeckservice.addresses import endpoints
+from brubeckservice.clock import now_ms
 from brubeckservice.correlation import Call, ErrorCallback, PendingCalls, ReplyCallback
+from brubeckservice.envelope import DEFAULT_MAX_MESSAGE_SIZE
 from brubeckservice.errors import (
     AuthenticationError,
     ProtocolError,
@@ -53,7 +56,6 @@ from brubeckservice.errors import (
 )
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import Signer
-from brubeckservice.sockets import DEFAULT_MAX_MESSAGE_SIZE, endpoints, now_ms
 
 log = logging.getLogger("brubeckservice.client")
 

@@ -59,6 +59,9 @@ class ControlHeader(msgspec.Struct, kw_only=True, omit_defaults=True):
     msg: str = ""
 
 
+#: Default largest message either side accepts (the service's ZMQ_MAXMSGSIZE, the client's send check).
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+
 _encode = msgspec.json.Encoder().encode
 _request_header = msgspec.json.Decoder(RequestHeader).decode
 _reply_header = msgspec.json.Decoder(ReplyHeader).decode

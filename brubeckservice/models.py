@@ -10,8 +10,8 @@ from typing import Any
 
 import msgspec
 
+from brubeckservice.clock import now_ms
 from brubeckservice.errors import RemoteServiceError
-from brubeckservice.sockets import now_ms
 
 
 class ServiceRequest(msgspec.Struct, kw_only=True):

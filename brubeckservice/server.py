@@ -23,6 +23,16 @@ from greenlet import getcurrent
 from brubeck.errors import ConfigurationError
 from brubeck.transports.channel import Channel, Pump, serve_with_workers
 from brubeckservice import envelope
+from brubeckservice.addresses import (
+    describe_process,
+    ipc_inode,
+    ipc_listener,
+    prepare_ipc,
+    remove_ipc,
+    tcp_listener_pid,
+)
+from brubeckservice.clock import now_ms
+from brubeckservice.envelope import DEFAULT_MAX_MESSAGE_SIZE
 from brubeckservice.errors import (
     AddressInUse,
     AuthenticationError,
@@ -33,16 +43,6 @@ from brubeckservice.errors import (
 from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import ReplayGuard, Signer
-from brubeckservice.sockets import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    describe_process,
-    ipc_inode,
-    ipc_listener,
-    now_ms,
-    prepare_ipc,
-    remove_ipc,
-    tcp_listener_pid,
-)
 
 if TYPE_CHECKING:
     from brubeck.application import Brubeck

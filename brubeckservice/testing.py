@@ -31,8 +31,8 @@ from gevent.pool import Pool
 from brubeck.application import Brubeck
 from brubeckservice.client import ServiceClient
 from brubeckservice.correlation import ReplyCallback
+from brubeckservice.envelope import DEFAULT_MAX_MESSAGE_SIZE
 from brubeckservice.server import ServiceConnection
-from brubeckservice.sockets import DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = ["DEFAULT_PASSPHRASE", "ServicePair"]
 

@@ -19,10 +19,10 @@ from gevent.queue import Queue
 
 from brubeckservice import envelope
 from brubeckservice.client import ServiceClient
+from brubeckservice.clock import now_ms
 from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import Signer
-from brubeckservice.sockets import now_ms
 
 PASSPHRASE = "my_shared_secret"
 WAIT = 5.0  # the longest any test waits for something that should happen at once

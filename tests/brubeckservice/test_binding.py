@@ -19,9 +19,9 @@ import zmq.green as zmq
 
 from brubeck.application import Brubeck
 from brubeck.errors import ConfigurationError
+from brubeckservice.addresses import ipc_listener
 from brubeckservice.errors import AddressInUse
 from brubeckservice.server import ServiceConnection
-from brubeckservice.sockets import ipc_listener
 from brubeckservice.testing import ServicePair
 from tests.brubeckservice.helpers import PASSPHRASE, ROUTES, WAIT
 

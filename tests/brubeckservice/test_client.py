@@ -20,6 +20,7 @@ from gevent.queue import Queue
 from brubeck.testing import free_port
 from brubeckservice import envelope
 from brubeckservice.client import DEFAULT_CONNECT_TIMEOUT, ServiceClient
+from brubeckservice.clock import now_ms
 from brubeckservice.errors import (
     AuthenticationError,
     ProtocolError,
@@ -30,7 +31,6 @@ from brubeckservice.errors import (
 )
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import Signer
-from brubeckservice.sockets import now_ms
 from brubeckservice.testing import ServicePair
 from tests.brubeckservice.helpers import PASSPHRASE, ROUTES, WAIT, FakeService, Gate, wait_until
 

@@ -16,10 +16,10 @@ import zmq.green as zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from brubeckservice import envelope
+from brubeckservice.clock import now_ms
 from brubeckservice.errors import ServiceTimeout
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import Signer
-from brubeckservice.sockets import now_ms
 from brubeckservice.testing import ServicePair
 from tests.brubeckservice.helpers import (
     PASSPHRASE,

@@ -13,9 +13,9 @@ import sys
 import zmq
 
 from brubeckservice import envelope
+from brubeckservice.clock import now_ms
 from brubeckservice.models import ServiceRequest
 from brubeckservice.signing import Signer
-from brubeckservice.sockets import now_ms
 
 service_addr, rounds = sys.argv[1], int(sys.argv[2])
 expected: dict[bytes, int] = {}

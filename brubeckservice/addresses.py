@@ -1,4 +1,4 @@
-"""Addresses shared by the client and the service: parsing, ipc files, who holds an address; a clock."""
+"""Service addresses: how users name one or several, the files behind ipc:// ones, and who holds one."""
 
 from __future__ import annotations
 
@@ -6,15 +6,7 @@ import os
 import socket as pysocket
 import stat
 import struct
-import time
 from collections.abc import Sequence
-
-#: Default largest message either side accepts (the service's ZMQ_MAXMSGSIZE, the client's send check).
-DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def endpoints(service_addr: str | Sequence[str]) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from brubeckservice.sockets import endpoints, prepare_ipc
+from brubeckservice.addresses import endpoints, prepare_ipc
 
 
 @pytest.mark.parametrize(("given", "expected"), [
