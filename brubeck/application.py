@@ -15,11 +15,11 @@ from jinja2 import Environment
 from brubeck.errors import BrubeckError, ConfigurationError
 from brubeck.handlers import MessageHandler
 from brubeck.routing import NoRoute, Router
-from brubeck.types import Connection
+from brubeck.types import Connection, HandlerClass, Message, RouteTarget
 
 log = logging.getLogger("brubeck.application")
 
-Target = TypeVar("Target")
+Target = TypeVar("Target", bound=RouteTarget)
 
 
 class Brubeck:
@@ -31,9 +31,9 @@ class Brubeck:
     """
 
     def __init__(self, msg_conn: Connection | None = None,
-                 handler_tuples: Iterable[tuple[str, Any]] | None = None,
+                 handler_tuples: Iterable[tuple[str, RouteTarget]] | None = None,
                  pool: Pool | None = None, no_handler: Callable[..., Any] | None = None,
-                 base_handler: type[MessageHandler] | None = None,
+                 base_handler: HandlerClass | None = None,
                  template_loader: Callable[[], Environment] | None = None,
                  log_level: int = logging.INFO, login_url: str | None = None, db_conn: Any = None,
                  cookie_secret: str | bytes | None = None, api_base_url: str = "/", **kwargs: Any) -> None:
@@ -42,12 +42,12 @@ class Brubeck:
                 "Brubeck needs a msg_conn: e.g. Mongrel2Connection('tcp://127.0.0.1:9999', "
                 "'tcp://127.0.0.1:9998') or WSGIConnection(port=6767)")
         self.msg_conn = msg_conn
-        self.router = Router()
+        self.router: Router[RouteTarget] = Router()
         for pattern, target in handler_tuples or ():
             self.add_route_rule(pattern, target)
         self.pool = pool
         self.no_handler = no_handler
-        self.base_handler: type[MessageHandler] = base_handler or msg_conn.base_handler
+        self.base_handler: HandlerClass = base_handler or msg_conn.base_handler
         self.template_env: Environment | None = template_loader() if template_loader else None
         self.login_url = login_url
         self.db_conn = db_conn
@@ -62,7 +62,7 @@ class Brubeck:
 
     # -- routes -------------------------------------------------------------------------------------
 
-    def add_route_rule(self, pattern: str, kallable: Any, method: str | Sequence[str] | None = None) -> None:
+    def add_route_rule(self, pattern: str, kallable: RouteTarget, method: str | Sequence[str] | None = None) -> None:
         """Route `pattern` to a handler class or a function(application, message, ...)."""
         self.router.add(pattern, kallable, method)
 
@@ -78,7 +78,7 @@ class Brubeck:
 
     # -- serving ------------------------------------------------------------------------------------
 
-    def handle(self, message: Any, base_handler: type[MessageHandler] | None = None) -> Any:
+    def handle(self, message: Message, base_handler: HandlerClass | None = None) -> Any:
         """Route one message and run its handler; returns the response to send, or None for no reply.
 
         Never raises for a bad message or a failing handler: those become 404/405/500 responses, built by
@@ -103,7 +103,7 @@ class Brubeck:
         except Exception as err:
             return base(self, message).error(err)
 
-    def _no_route(self, message: Any, missing: NoRoute, base: type[MessageHandler]) -> Any:
+    def _no_route(self, message: Message, missing: NoRoute, base: HandlerClass) -> Any:
         if self.no_handler is not None:
             return self.no_handler(self, message)
         handler = base(self, message)

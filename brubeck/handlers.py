@@ -21,7 +21,7 @@ from brubeck.response import HTTPResponse
 from brubeck.wire.http import status_phrase
 
 if TYPE_CHECKING:
-    from brubeck.application import Brubeck
+    from brubeck.types import Application
 
 log = logging.getLogger("brubeck.handlers")
 
@@ -44,7 +44,7 @@ class MessageHandler:
         0: "OK", -1: "Bad request", -2: "Authentication failed", -5: "Server error",
     }
 
-    def __init__(self, application: Brubeck, message: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, application: Application, message: Any, *args: Any, **kwargs: Any) -> None:
         self.application = application
         self.message = message
         self.db_conn = application.db_conn if application is not None else None
@@ -200,7 +200,7 @@ class HTTPStatusCodes:
 class WebMessageHandler(HTTPStatusCodes, MessageHandler):
     """A handler answering an HTTP client: body, headers, cookies, redirects."""
 
-    def __init__(self, application: Brubeck, message: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, application: Application, message: Any, *args: Any, **kwargs: Any) -> None:
         self.body: bytes | str = b""
         self._cookies: dict[str, str] = {}
         super().__init__(application, message, *args, **kwargs)
@@ -297,7 +297,7 @@ class WebMessageHandler(HTTPStatusCodes, MessageHandler):
 class JSONMessageHandler(WebMessageHandler):
     """A web handler whose body is the JSON payload plus status_code, status_msg and timestamp."""
 
-    def __init__(self, application: Brubeck, message: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, application: Application, message: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(application, message, *args, **kwargs)
         self.headers["Content-Type"] = "application/json"
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
+
+T = TypeVar("T")  # what a route leads to: the router never looks inside (the app's: brubeck.types.RouteTarget)
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class Route(Generic[T]):
     pattern: re.Pattern[str]
-    target: Any  # a MessageHandler subclass or a function(application, message)
+    target: T
     methods: frozenset[str] | None = None  # upper-case; None means any
 
     def allows(self, method: str) -> bool:
@@ -23,8 +25,8 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
-class Match:
-    route: Route
+class Match(Generic[T]):
+    route: Route[T]
     args: tuple[str, ...]
     kwargs: dict[str, str]
 
@@ -47,19 +49,19 @@ def _methods(method: str | Iterable[str] | None) -> frozenset[str] | None:
     return frozenset(methods)
 
 
-class Router:
+class Router(Generic[T]):
     """An ordered list of routes; the first whose pattern and method fit wins."""
 
     def __init__(self) -> None:
-        self.routes: list[Route] = []
+        self.routes: list[Route[T]] = []
 
-    def add(self, pattern: str | re.Pattern[str], target: Any,
-            method: str | Iterable[str] | None = None) -> Route:
+    def add(self, pattern: str | re.Pattern[str], target: T,
+            method: str | Iterable[str] | None = None) -> Route[T]:
         route = Route(re.compile(pattern), target, _methods(method))
         self.routes.append(route)
         return route
 
-    def match(self, path: str, method: str) -> Match:
+    def match(self, path: str, method: str) -> Match[T]:
         """The first route for `path` and `method`; raises `NoRoute`."""
         allowed: set[str] = set()
         for route in self.routes:

@@ -1,31 +1,41 @@
-"""Run a real Mongrel2 in a temporary directory, for tests and local experiments.
+"""Run a real Mongrel2 in a working directory, for tests, demos and local experiments.
 
     with Mongrel2Server() as m2:
         pull.connect(m2.send_spec)   # requests arrive here
         pub.connect(m2.recv_spec)    # responses go here
         http.client.HTTPConnection("127.0.0.1", m2.http_port)
 
-Strategy: write a one-server, one-handler ``mongrel2.conf`` into the working directory, load it with
-``m2sh load`` and start it with ``m2sh start``. Started as root, Mongrel2 chroots into that directory and
-daemonizes, so the process we spawn is not the server: we find the server through its pid file and decide it
-is ready when that file names a live process, the HTTP port accepts TCP connections and the handler's
-loopback ports are bound. Every path in the config (logs, pid file, upload store) is relative to the chroot,
-so the directory must already hold ``log/``, ``run/`` and ``tmp/``. As any other user Mongrel2 neither
-chroots nor daemonizes ("test mode"): ``m2sh start`` then stays in the foreground as the server itself,
-which is why it is spawned, not waited for.
+Strategy: write a one-server, one-handler ``mongrel2.conf`` into the working directory (or take the caller's
+file), load it with ``m2sh load`` and start the server. Started as root, Mongrel2 chroots into that directory
+and by default daemonizes, so the process we spawn is not the server: we find the server through its pid
+file and decide it is ready when that file names a live process, the HTTP port accepts TCP connections and
+the handler's sockets are bound. Every path in the config (logs, pid file, upload store, ``ipc://`` sockets)
+is relative to the chroot, so the directory must already hold ``log/``, ``run/`` and ``tmp/``. As any other
+user Mongrel2 neither chroots nor daemonizes ("test mode"): the server then stays in the foreground, which is
+why it is spawned, not waited for. ``daemonize=False`` asks for the foreground as root too (the setting
+``server.daemonize = 0``), and runs ``mongrel2`` itself rather than ``m2sh start``, so the server is our child:
+:meth:`Mongrel2Server.wait` gets its exit status, and it shares our process group (a terminal's Ctrl-C
+reaches it).
+
+A config file of the caller's (``config=``) is loaded as written; what the launcher needs to know about it
+(its server's uuid, port, pid file and logs, its handler's sockets) is read back from the database ``m2sh
+load`` made, so it is what Mongrel2 itself will read.
 
 Mongrel2 behaviours this module works around, all seen with Debian's mongrel2-core 1.12.2:
 
 - ``m2sh`` wants a ``LOGNAME`` environment variable; we set one if the caller's environment lacks it.
 - The daemon inherits ``m2sh``'s stdout and stderr, so reading them through pipes would block until the
-  server exits. ``m2sh``'s output therefore goes to a file, ``m2sh.log`` in the working directory.
+  server exits. ``m2sh``'s output (and a foreground server's) therefore goes to a file, ``m2sh.log`` in the
+  working directory.
 - ``m2sh start`` exits 0 even when the server fails to start (say, the HTTP port is taken); the reason is only
-  in that output, so we look for Mongrel2's fatal messages there and in ``log/error.log`` while we wait.
+  in that output, so we look for Mongrel2's fatal messages there and in the error log while we wait.
 - A handler whose ``send_spec`` cannot be bound does not stop the server: Mongrel2 retries for about ten
   seconds and then drops the handler while still serving HTTP. We check that loopback TCP handler ports are
   free before starting and treat a failed handler bind in the log as a failed start.
 - A graceful ``m2sh stop`` takes up to a couple of seconds; when it is not enough we signal the pid.
 - A stopped daemon is reaped by init, not by us, and may linger as a zombie: a zombie counts as gone.
+- Mongrel2 never removes the ``ipc://`` socket files it binds (its handler's and its control port's): ``stop``
+  does.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -55,8 +66,10 @@ PROTOCOLS = ("json", "tnetstring")
 _CONFIG = "mongrel2.conf"
 _DB = "config.sqlite"
 _M2SH_LOG = "m2sh.log"
-_ERROR_LOG = "log/error.log"
-_PID_FILE = "run/mongrel2.pid"
+_ERROR_LOG = "/log/error.log"
+_ACCESS_LOG = "/log/access.log"
+_PID_FILE = "/run/mongrel2.pid"
+_CONTROL_SPEC = "ipc://run/control"  # Mongrel2's control port when the config names none
 _CHROOT_DIRS = ("log", "run", "tmp")
 
 # Seconds given to one m2sh command, to a graceful stop, and to each signal after it.
@@ -71,6 +84,14 @@ _FATAL_MARKERS = (
     "Failed to bind send socket",
     "Failed to bind recv socket",
     "HANDLER TASK DIED",
+)
+
+# What the launcher reads back from a loaded config: the one server, and the one handler its routes name.
+_SERVER_QUERY = "SELECT id, uuid, chroot, pid_file, error_log, access_log, port FROM server"
+_HANDLER_QUERY = (
+    "SELECT DISTINCT handler.send_spec, handler.send_ident, handler.recv_spec, handler.recv_ident, handler.protocol"
+    " FROM handler JOIN route ON route.target_type = 'handler' AND route.target_id = handler.id"
+    " JOIN host ON host.id = route.host_id WHERE host.server_id = ?"
 )
 
 
@@ -96,33 +117,55 @@ class Mongrel2Server:
 
     Every argument is optional: ports default to free loopback ports, ``send_spec`` and ``recv_spec`` to
     ``tcp://127.0.0.1:<free port>``, ``send_ident`` to a fresh UUID (the first word of every request) and
-    ``workdir`` to a fresh temporary directory that :meth:`stop` removes (a directory you pass is kept).
-    An ``ipc://`` spec names a path inside the chroot: connect to ``ipc://<workdir><path>`` from outside.
-    ``protocol`` is the handler's header encoding, ``"json"`` or ``"tnetstring"``. ``limits`` adds
-    settings such as ``{"limits.content_length": 1024}``; ``upload_temp_store`` sets ``upload.temp_store``,
-    a ``mkstemp`` template relative to the chroot such as ``"/tmp/upload.XXXXXX"``. (Mongrel2 1.12.2 loses
-    request bytes it had already buffered beyond ``limits.content_length`` when an upload starts: keep that
-    limit at least ``limits.buffer_size``, 4096 by default, or send the body after the upload-start message.)
+    ``workdir`` to a fresh temporary directory that :meth:`stop` removes (a directory you pass is kept, with
+    its logs, config and database). An ``ipc://`` spec names a path inside the chroot: connect to
+    ``ipc://<workdir>/<path>`` from outside. ``protocol`` is the handler's header encoding, ``"json"`` (the
+    default) or ``"tnetstring"``. ``limits`` adds settings such as ``{"limits.content_length": 1024}``;
+    ``upload_temp_store`` sets ``upload.temp_store``, a ``mkstemp`` template relative to the chroot such as
+    ``"/tmp/upload.XXXXXX"``. (Mongrel2 1.12.2 loses request bytes it had already buffered beyond
+    ``limits.content_length`` when an upload starts: keep that limit at least ``limits.buffer_size``, 4096 by
+    default, or send the body after the upload-start message.)
 
-    The server listens on 127.0.0.1 only. Run as root, the tested setup, it is confined to ``workdir``; as
-    another user it runs unconfined in Mongrel2's test mode, and only starting and stopping were tried.
+    ``config`` loads that ``mongrel2.conf`` instead of the generated one. It must define one server, whose
+    chroot is ``workdir`` (``chroot='.'`` names it: m2sh runs there), with routes to one handler; the settings
+    above then come from the file, so passing any of them too is a ``ValueError``. The constructor reads the
+    file through ``m2sh load`` into a scratch database, so the attributes (``http_port``, ``send_spec``,
+    ``server_uuid``...) are known at once, and raises :class:`Mongrel2Error` when m2sh cannot load it.
+
+    ``daemonize=False`` keeps the server in the foreground as a child of ours, even as root: see :meth:`wait`.
+
+    The generated config listens on 127.0.0.1 only. Run as root, the tested setup, the server is confined to
+    ``workdir``; as another user it runs unconfined in Mongrel2's test mode, and only starting and stopping
+    were tried.
     """
 
     def __init__(
         self,
         *,
         workdir: str | os.PathLike[str] | None = None,
+        config: str | os.PathLike[str] | None = None,
+        daemonize: bool = True,
         http_port: int | None = None,
         send_spec: str | None = None,
         recv_spec: str | None = None,
         send_ident: str | None = None,
-        protocol: str = "json",
+        protocol: str | None = None,
         limits: dict[str, int] | None = None,
         upload_temp_store: str | None = None,
         start_timeout: float = 10.0,
     ) -> None:
+        if config is not None:
+            generated = {"http_port": http_port, "send_spec": send_spec, "recv_spec": recv_spec,
+                         "send_ident": send_ident, "protocol": protocol, "limits": limits,
+                         "upload_temp_store": upload_temp_store}
+            given = [name for name, value in generated.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: set in the config file {config}, not beside it")
+        protocol = protocol or "json"
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+        self.config: Path | None = None if config is None else Path(config).resolve()
+        self.daemonize: bool = daemonize
         self.http_port: int = http_port if http_port is not None else free_port()
         self.send_spec: str = send_spec if send_spec is not None else f"tcp://127.0.0.1:{free_port()}"
         self.recv_spec: str = recv_spec if recv_spec is not None else f"tcp://127.0.0.1:{free_port()}"
@@ -138,19 +181,29 @@ class Mongrel2Server:
         self.workdir: Path = (
             Path(tempfile.mkdtemp(prefix="mongrel2-")) if workdir is None else Path(workdir)
         ).resolve()
+        # Paths the config names, inside the chroot; a config file of the caller's may name others.
+        self._pid_path, self._error_path, self._access_path = _PID_FILE, _ERROR_LOG, _ACCESS_LOG
         self._pid: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._started = False
         self._error_log_offset = 0
+        if self.config is not None:
+            try:
+                self._probe_config()
+            except BaseException:
+                self._remove_workdir()
+                raise
 
     # -- configuration ------------------------------------------------------------------------------------
 
     def config_text(self) -> str:
-        """The ``mongrel2.conf`` that :meth:`start` writes."""
+        """The ``mongrel2.conf`` that :meth:`start` writes (without ``config=``)."""
         settings: dict[str, int | str] = {"zeromq.threads": 1}
         settings.update(self.limits)
         if self.upload_temp_store is not None:
             settings["upload.temp_store"] = self.upload_temp_store
+        if not self.daemonize:
+            settings["server.daemonize"] = 0
         settings_text = ", ".join(f"{_quote(key)}: {_value(value)}" for key, value in settings.items())
         return (
             f"handler = Handler(send_spec={_quote(self.send_spec)}, send_ident={_quote(self.send_ident)},\n"
@@ -158,8 +211,8 @@ class Mongrel2Server:
             f"                  protocol={_quote(self.protocol)})\n"
             f"main = Server(uuid={_quote(self.server_uuid)}, name='main',\n"
             f"              chroot={_quote(str(self.workdir))},\n"
-            f"              access_log='/log/access.log', error_log='/{_ERROR_LOG}',\n"
-            f"              pid_file='/{_PID_FILE}', default_host={_quote(HOST)},\n"
+            f"              access_log={_quote(_ACCESS_LOG)}, error_log={_quote(_ERROR_LOG)},\n"
+            f"              pid_file={_quote(_PID_FILE)}, default_host={_quote(HOST)},\n"
             f"              bind_addr='127.0.0.1', port={self.http_port},\n"
             f"              hosts=[Host(name={_quote(HOST)}, routes={{'/': handler}})])\n"
             f"settings = {{{settings_text}}}\n"
@@ -169,7 +222,22 @@ class Mongrel2Server:
     @property
     def pid_file(self) -> Path:
         """Where the running server writes its pid (inside the chroot)."""
-        return self.workdir / _PID_FILE
+        return self._in_chroot(self._pid_path)
+
+    @property
+    def error_log(self) -> Path:
+        """Mongrel2's error log (inside the chroot)."""
+        return self._in_chroot(self._error_path)
+
+    @property
+    def access_log(self) -> Path:
+        """Mongrel2's access log (inside the chroot)."""
+        return self._in_chroot(self._access_path)
+
+    @property
+    def output_log(self) -> Path:
+        """Where m2sh's output goes, and a foreground server's until it opens its error log."""
+        return self.workdir / _M2SH_LOG
 
     @property
     def pid(self) -> int | None:
@@ -195,6 +263,20 @@ class Mongrel2Server:
             raise
         return self
 
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the started server exits (at once if it is not running).
+
+        Returns its exit status when it ran in the foreground (``daemonize=False``), negative for the signal
+        that ended it, as :attr:`subprocess.Popen.returncode`; None for a daemon, which is not our child.
+        Raises :class:`subprocess.TimeoutExpired` after ``timeout`` seconds.
+        """
+        process, pid = self._process, self._pid
+        if not self.daemonize and process is not None:
+            return process.wait(timeout)
+        if pid is not None and not _wait_gone(pid, float("inf") if timeout is None else timeout):
+            raise subprocess.TimeoutExpired(MONGREL2, timeout or 0.0)
+        return None
+
     def stop(self) -> None:
         """Stop the server and wait until its process is gone; safe to call more than once."""
         if not self._started:
@@ -215,6 +297,10 @@ class Mongrel2Server:
                 raise Mongrel2Error(f"mongrel2 pid {pid} survived SIGKILL")
         self._reap()
         self.pid_file.unlink(missing_ok=True)
+        for spec in (self.send_spec, self.recv_spec, _CONTROL_SPEC):
+            path = self._ipc_path(spec)
+            if path is not None and path.is_socket():
+                path.unlink(missing_ok=True)
         self._pid = None
         self._started = False
         self._remove_workdir()
@@ -242,7 +328,7 @@ class Mongrel2Server:
         return env
 
     def _m2sh(self, *args: str, check: bool = True) -> None:
-        with (self.workdir / _M2SH_LOG).open("ab") as log:
+        with self.output_log.open("ab") as log:
             try:
                 result = subprocess.run(  # noqa: S603 - fixed binary, arguments we built
                     [M2SH, *args],
@@ -259,24 +345,81 @@ class Mongrel2Server:
         if check and result.returncode != 0:
             raise Mongrel2Error(f"m2sh {args[0]} exited with status {result.returncode}")
 
+    def _probe_config(self) -> None:
+        """Learn what the config file serves before start: load it into a scratch database, not the
+        workdir's (a server may be running from that one)."""
+        with tempfile.TemporaryDirectory(prefix="mongrel2-probe-") as scratch:
+            db = Path(scratch) / _DB
+            try:
+                result = subprocess.run(  # noqa: S603 - fixed binary, arguments we built
+                    [M2SH, "load", "-config", str(self.config), "-db", str(db)],
+                    cwd=scratch, env=self._m2sh_env(), stdin=subprocess.DEVNULL, capture_output=True,
+                    text=True, errors="replace", timeout=_COMMAND_TIMEOUT, check=False,
+                )
+            except FileNotFoundError:
+                raise Mongrel2Error(f"{M2SH} is not on PATH") from None
+            except subprocess.TimeoutExpired:
+                raise Mongrel2Error(f"m2sh load did not finish in {_COMMAND_TIMEOUT}s") from None
+            if result.returncode != 0 or not db.exists():
+                output = (result.stdout + result.stderr).strip()
+                raise Mongrel2Error(f"m2sh cannot load {self.config} (status {result.returncode})\n{output}")
+            self._read_loaded_config(db)
+
+    def _load(self) -> None:
+        """Load the config into the workdir's database (a config file's is read back from it)."""
+        config = self.config
+        if config is None:
+            config = self.workdir / _CONFIG
+            config.write_text(self.config_text())
+        self._m2sh("load", "-config", str(config), "-db", _DB)
+        if self.config is not None:
+            self._read_loaded_config(self.workdir / _DB)
+
+    def _read_loaded_config(self, path: Path) -> None:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            servers = db.execute(_SERVER_QUERY).fetchall()
+            if len(servers) != 1:
+                raise Mongrel2Error(f"{self.config} must define one server, not {len(servers)}")
+            server_id, server_uuid, chroot, pid_file, error_log, access_log, port = servers[0]
+            handlers = db.execute(_HANDLER_QUERY, (server_id,)).fetchall()
+            if len(handlers) != 1:
+                raise Mongrel2Error(f"{self.config} must route to one handler, not {len(handlers)}")
+            if not self.daemonize:
+                # The config's own settings stay; only this one is set, after the load that wrote them.
+                with db:
+                    db.execute("DELETE FROM setting WHERE key = 'server.daemonize'")
+                    db.execute("INSERT INTO setting (key, value) VALUES ('server.daemonize', '0')")
+        if (self.workdir / chroot).resolve() != self.workdir:
+            raise Mongrel2Error(f"{self.config}: the server's chroot {chroot!r} must be the workdir {self.workdir}")
+        self.server_uuid, self.http_port = str(server_uuid), int(port)
+        self._pid_path, self._error_path, self._access_path = str(pid_file), str(error_log), str(access_log)
+        self.send_spec, self.send_ident, self.recv_spec, self.recv_ident, self.protocol = map(str, handlers[0])
+        self.url = f"http://127.0.0.1:{self.http_port}"
+
     def _launch(self) -> None:
         if not mongrel2_available():
             raise Mongrel2Error(f"{MONGREL2} and {M2SH} must both be on PATH")
         self._check_handler_ports()
         for name in _CHROOT_DIRS:
             (self.workdir / name).mkdir(parents=True, exist_ok=True)
+        for path in (self.pid_file, self.error_log, self.access_log):
+            path.parent.mkdir(parents=True, exist_ok=True)
         self._clear_stale_pid_file()
-        (self.workdir / _CONFIG).write_text(self.config_text())
         # Judge only what this start writes: a reused workdir may hold logs of an earlier failure.
-        (self.workdir / _M2SH_LOG).write_bytes(b"")
-        self._error_log_offset = _size(self.workdir / _ERROR_LOG)
+        self.output_log.write_bytes(b"")
+        self._error_log_offset = _size(self.error_log)
         self._started = True
-        self._m2sh("load", "-config", _CONFIG, "-db", _DB)
-        # Not subprocess.run: as root the server daemonizes and m2sh exits, but as any other user it runs
-        # in the foreground as this very process, so we must not wait for it.
-        with (self.workdir / _M2SH_LOG).open("ab") as log:
+        self._load()
+        # Not subprocess.run: as root the server daemonizes and m2sh exits, but as any other user (or with
+        # daemonize=False) it runs in the foreground, so we must not wait for it. In the foreground we run
+        # mongrel2 itself: m2sh start would run it through a shell, hiding its pid and exit status.
+        if self.daemonize:
+            command = [M2SH, "start", "-db", _DB, "-uuid", self.server_uuid]
+        else:
+            command = [MONGREL2, _DB, self.server_uuid]
+        with self.output_log.open("ab") as log:
             self._process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments we built
-                [M2SH, "start", "-db", _DB, "-uuid", self.server_uuid],
+                command,
                 cwd=self.workdir,
                 env=self._m2sh_env(),
                 stdin=subprocess.DEVNULL,
@@ -292,8 +435,9 @@ class Mongrel2Server:
             if fatal is not None:
                 raise Mongrel2Error(f"mongrel2 failed to start: {fatal}")
             status = self._process.poll() if self._process is not None else None
-            if status:
-                raise Mongrel2Error(f"m2sh start exited with status {status}")
+            # m2sh start exits 0 once the daemon has detached; a foreground server must not exit at all.
+            if status is not None and (status != 0 or not self.daemonize):
+                raise Mongrel2Error(f"{'m2sh start' if self.daemonize else MONGREL2} exited with status {status}")
             pid = self._read_pid()
             if pid is not None and not process_alive(pid):
                 raise Mongrel2Error(f"mongrel2 pid {pid} exited during start")
@@ -318,7 +462,8 @@ class Mongrel2Server:
                     raise Mongrel2Error(f"handler port for {spec} is not free: {exc}") from None
 
     def _reap(self) -> None:
-        """Collect m2sh: the daemonizing parent as root, the server itself (or a failed start) otherwise."""
+        """Collect what we spawned: m2sh (the daemonizing parent as root, the server's parent otherwise),
+        or the foreground server itself."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
@@ -340,9 +485,19 @@ class Mongrel2Server:
         with contextlib.suppress(Exception):
             self.stop()
 
-    def _new_log_lines(self, name: str) -> list[str]:
-        offset = self._error_log_offset if name == _ERROR_LOG else 0
-        return _read_lines(self.workdir / name, offset)
+    def _in_chroot(self, path: str) -> Path:
+        return self.workdir / path.lstrip("/")
+
+    def _ipc_path(self, spec: str) -> Path | None:
+        """The socket file of an ``ipc://`` spec: Mongrel2 binds after chrooting, so as root an absolute path
+        is inside the workdir too."""
+        if urlsplit(spec).scheme != "ipc":
+            return None
+        return self._in_chroot(spec.removeprefix("ipc://"))
+
+    def _new_log_lines(self, path: Path) -> list[str]:
+        offset = self._error_log_offset if path == self.error_log else 0
+        return _read_lines(path, offset)
 
     def _handlers_bound(self) -> bool:
         """Whether Mongrel2 has bound the handler sockets we can observe (loopback TCP and ipc)."""
@@ -352,10 +507,8 @@ class Mongrel2Server:
         parts = urlsplit(spec)
         if parts.scheme == "tcp" and parts.hostname in ("127.0.0.1", "localhost") and parts.port:
             return _accepts(parts.port)
-        if parts.scheme == "ipc":
-            # Mongrel2 binds after chrooting, so as root the socket path is inside the workdir.
-            return (self.workdir / spec.removeprefix("ipc://").lstrip("/")).exists()
-        return True
+        path = self._ipc_path(spec)
+        return path is None or path.exists()
 
     def _read_pid(self) -> int | None:
         try:
@@ -364,25 +517,23 @@ class Mongrel2Server:
             return None
 
     def _fatal_line(self) -> str | None:
-        for name in (_M2SH_LOG, _ERROR_LOG):
-            for line in self._new_log_lines(name):
+        for path in (self.output_log, self.error_log):
+            for line in self._new_log_lines(path):
                 if any(marker in line for marker in _FATAL_MARKERS):
                     return line
         return None
 
     def _log_tail(self, lines: int = 20) -> str:
         parts = []
-        for name in (_M2SH_LOG, _ERROR_LOG):
-            tail = self._new_log_lines(name)[-lines:]
+        for path in (self.output_log, self.error_log):
+            tail = self._new_log_lines(path)[-lines:]
             if tail:
-                parts.append(f"--- {name} ---\n" + "\n".join(tail))
+                parts.append(f"--- {path.relative_to(self.workdir)} ---\n" + "\n".join(tail))
         return "\n".join(parts)
 
     def _remove_workdir(self) -> None:
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-
 def _quote(text: str) -> str:
     # m2sh's config grammar has no string escapes, so refuse what it could not read back.
     if any(ch in text for ch in "'\"\\\n\r"):

@@ -19,7 +19,7 @@ from brubeckservice.errors import build_error_body
 from brubeckservice.models import ServiceResponse
 
 if TYPE_CHECKING:
-    from brubeck.application import Brubeck
+    from brubeck.types import Application
 
 log = logging.getLogger("brubeckservice.handlers")
 
@@ -32,7 +32,7 @@ class ServiceMessageHandler(HTTPStatusCodes, MessageHandler):
 
     SUPPORTED_METHODS: ClassVar[tuple[str, ...]] = SERVICE_METHODS
 
-    def __init__(self, application: Brubeck, message: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, application: Application, message: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(application, message, *args, **kwargs)
         if isinstance(message, ServiceResponse):
             self.status_code, self.status_msg = message.status_code, message.status_msg

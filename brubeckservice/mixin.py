@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from brubeck.types import Application
 from brubeckservice.client import DEFAULT_TIMEOUT, ServiceClient
 from brubeckservice.errors import ServiceError
 from brubeckservice.handlers import ServiceMessageHandler
@@ -20,13 +21,13 @@ log = logging.getLogger("brubeckservice.mixin")
 EXTENSION = "brubeckservice"
 
 
-def registry(application: Any) -> dict[str, ServiceClient]:
+def registry(application: Application) -> dict[str, ServiceClient]:
     """The service clients of one application, by service address."""
     services: dict[str, ServiceClient] = application.extensions.setdefault(EXTENSION, {})
     return services
 
 
-def handle_reply(application: Any, response: ServiceResponse) -> Any:
+def handle_reply(application: Application, response: ServiceResponse) -> Any:
     """Route a service reply through the application's handlers; returns what the handler returned."""
     return application.handle(response, base_handler=ServiceMessageHandler)
 
@@ -35,7 +36,7 @@ class ServiceClientMixin:
     """Mix into a web handler: `register_service`, `create_service_request`, `send_service_request`
     (sync: waits for the reply, blocking only this request's greenlet) and `send_service_request_nowait`."""
 
-    application: Any
+    application: Application
     message: Any
 
     def register_service(self, service_addr: str, service_response_addr: str | None = None,

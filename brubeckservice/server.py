@@ -45,7 +45,7 @@ from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import ReplayGuard, Signer
 
 if TYPE_CHECKING:
-    from brubeck.application import Brubeck
+    from brubeck.types import Application
 
 log = logging.getLogger("brubeckservice.server")
 
@@ -115,7 +115,7 @@ class ServiceConnection:
 
     # -- receiving ----------------------------------------------------------------------------------
 
-    def process_messages(self, application: Brubeck) -> None:
+    def process_messages(self, application: Application) -> None:
         """Serve until `close()`: each request runs in a worker greenlet of its own (see
         brubeck.transports.channel), at most the app's pool size at once."""
         self._pump = serve_with_workers(application, self.channel, self.accept,
@@ -197,7 +197,7 @@ class ServiceConnection:
 
     # -- serving ------------------------------------------------------------------------------------
 
-    def answer(self, application: Brubeck, request: ServiceRequest) -> None:
+    def answer(self, application: Application, request: ServiceRequest) -> None:
         """Run the app's handler for one request and send its reply (if it returned one)."""
         self.inflight += 1
         try:

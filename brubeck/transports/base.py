@@ -7,6 +7,7 @@ from typing import Any
 
 from brubeck.handlers import WebMessageHandler
 from brubeck.response import HTTPResponse
+from brubeck.types import Application
 
 log = logging.getLogger("brubeck.transports")
 
@@ -36,7 +37,7 @@ class WebConnection:
     def too_large(self, size: int) -> bool:
         return self.max_body_size is not None and size > self.max_body_size
 
-    def process_messages(self, application: Any) -> None:  # pragma: no cover - abstract
+    def process_messages(self, application: Application) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def reply(self, message: Any, response: Any) -> None:  # pragma: no cover - abstract

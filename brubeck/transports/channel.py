@@ -34,6 +34,8 @@ from gevent.hub import Waiter, get_hub
 from greenlet import GreenletExit, getcurrent, greenlet
 from zmq.backend import Socket as BackendSocket
 
+from brubeck.types import Application
+
 T = TypeVar("T")
 
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -263,7 +265,7 @@ class Pump(Generic[T]):
         self.workers.close()
 
 
-def serve_with_workers(application: Any, channel: Channel, accept: Callable[[list[bytes]], T | None],
+def serve_with_workers(application: Application, channel: Channel, accept: Callable[[list[bytes]], T | None],
                        handle: Callable[[T], None], log: logging.Logger) -> Pump[T]:
     """A `Pump` for a Brubeck application: at most the app's pool size (`Brubeck(pool=Pool(n))`) of
     requests are handled at once, the rest wait in ZeroMQ's queue meanwhile."""

@@ -23,7 +23,7 @@ from brubeck.wire.http import head_only
 from brubeck.wire.mongrel2 import MAX_REPLY_TARGETS, build_reply
 
 if TYPE_CHECKING:
-    from brubeck.application import Brubeck
+    from brubeck.types import Application
 
 log = logging.getLogger("brubeck.mongrel2")
 
@@ -55,14 +55,14 @@ class Mongrel2Connection(WebConnection):
 
     # -- receiving ----------------------------------------------------------------------------------
 
-    def process_messages(self, application: Brubeck) -> None:
+    def process_messages(self, application: Application) -> None:
         """Serve until `close()`: each request runs in a worker greenlet of its own (see
         brubeck.transports.channel), at most the app's pool size at once."""
         self._pump = serve_with_workers(application, self._in, lambda frames: self.accept(application, frames[0]),
                                         lambda request: self.answer(application, request), log)
         self._stopped.wait()
 
-    def accept(self, application: Brubeck, raw: bytes) -> Request | None:
+    def accept(self, application: Application, raw: bytes) -> Request | None:
         """Parse one frame; return the request to handle, or None when there is nothing (more) to do:
         garbage (answered 400 when it names a connection), disconnect notices, upload starts, bodies over
         the limit (answered 413)."""
@@ -83,7 +83,7 @@ class Mongrel2Connection(WebConnection):
             return None
         return request
 
-    def answer(self, application: Brubeck, request: Request) -> None:
+    def answer(self, application: Application, request: Request) -> None:
         """Run the request's handler and send its reply, if it returned one. Never raises."""
         try:
             response = application.handle(request)

@@ -23,7 +23,7 @@ from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_b
 from brubeck.wire.mongrel2 import HeaderValue, build_request_headers
 
 if TYPE_CHECKING:
-    from brubeck.application import Brubeck
+    from brubeck.types import Application
 
 log = logging.getLogger("brubeck.wsgi")
 
@@ -59,7 +59,7 @@ class WSGIConnection(WebConnection):
         self.port, self.host = port, host
         self.reply_timeout = reply_timeout
         self.log_requests = log_requests
-        self.application: Brubeck | None = None
+        self.application: Application | None = None
         self.server: WSGIServer | None = None
         self._ids = itertools.count(1)
         self._pending: dict[str, AsyncResult] = {}
@@ -67,12 +67,12 @@ class WSGIConnection(WebConnection):
     def __repr__(self) -> str:
         return f"WSGIConnection(port={self.port}, host={self.host!r})"
 
-    def process_messages(self, application: Brubeck) -> None:
+    def process_messages(self, application: Application) -> None:
         self.start(application)
         assert self.server is not None
         self.server.serve_forever()
 
-    def start(self, application: Brubeck) -> None:
+    def start(self, application: Application) -> None:
         """Start listening without blocking (tests, embedding); `process_messages` also blocks."""
         self.application = application
         spawn = application.pool if application.pool is not None else "default"

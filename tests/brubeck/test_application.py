@@ -13,6 +13,7 @@ from brubeck.errors import ConfigurationError, HTTPError
 from brubeck.handlers import JSONMessageHandler, WebMessageHandler
 from brubeck.request import Request
 from brubeck.response import HTTPResponse, render
+from brubeck.types import Application
 from tests.brubeck.inmemory import call, header, make_app, make_request
 
 
@@ -135,10 +136,10 @@ class RecordingConnection:
     base_handler: type[WebMessageHandler] = WebMessageHandler
 
     def __init__(self) -> None:
-        self.served: list[Brubeck] = []
+        self.served: list[Application] = []
         self.closed = 0
 
-    def process_messages(self, application: Brubeck) -> None:
+    def process_messages(self, application: Application) -> None:
         self.served.append(application)
 
     def reply(self, message: Any, response: Any) -> None:

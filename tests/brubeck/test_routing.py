@@ -9,8 +9,8 @@ import pytest
 from brubeck.routing import NoRoute, Router
 
 
-def router(*routes: tuple[str, str, str | list[str] | None]) -> Router:
-    table = Router()
+def router(*routes: tuple[str, str, str | list[str] | None]) -> Router[str]:
+    table: Router[str] = Router()
     for pattern, target, method in routes:
         table.add(pattern, target, method)
     return table
@@ -51,7 +51,7 @@ def test_optional_groups_that_did_not_match_are_left_out() -> None:
 
 
 def test_precompiled_patterns_keep_their_flags() -> None:
-    table = Router()
+    table: Router[str] = Router()
     table.add(re.compile(r"^/X", re.IGNORECASE), "t")
     assert table.match("/x", "GET").route.target == "t"
 
