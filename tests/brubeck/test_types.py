@@ -20,7 +20,8 @@ def test_the_concrete_classes_fill_the_seams(tmp_path: Path) -> None:
     app: Application = Brubeck(msg_conn=connection, handler_tuples=[])
     handler: HandlerClass = WebMessageHandler
     target: RouteTarget = handler
-    messages: list[Message] = [make_request("GET", "/"), ServiceRequest(path="/s"), ServiceResponse(status_code=200, path="/r")]
+    messages: list[Message] = [make_request("GET", "/"), ServiceRequest(path="/s"),
+                               ServiceResponse(status_code=200, path="/r")]
     service: Connection = ServiceConnection(f"ipc://{tmp_path}/s", None, "secret")
     try:
         assert app.msg_conn is connection
