@@ -283,7 +283,8 @@ class Mongrel2Server:
             self._remove_workdir()
             return
         pid = self._pid if self._pid is not None else self._read_pid()
-        if (self.workdir / _DB).exists():
+        # Not when it is gone already (a foreground server gets a terminal's Ctrl-C too): m2sh would fail.
+        if (self.workdir / _DB).exists() and (pid is None or process_alive(pid)):
             with contextlib.suppress(Mongrel2Error):
                 self._m2sh("stop", "-db", _DB, "-uuid", self.server_uuid, check=False)
         if pid is not None and not _wait_gone(pid, _GRACEFUL_STOP):

@@ -7,11 +7,13 @@ waiting at once both get their answer after one delay, not two.
 
     DEMO_SERVICE_DELAY=2 .venv/bin/python demos/demo_service.py     # seconds per request (default 5)
 
-Ctrl-C or SIGTERM closes the socket (and removes its ipc file) before exiting.
+`--dir DIR` names the directory its relative ipc:// addresses resolve in (default demos/var/; `demos/run`
+gives each run one of its own). Ctrl-C or SIGTERM closes the socket (and removes its ipc file) before exiting.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -21,8 +23,9 @@ from brubeck.request_handling import Brubeck
 from brubeckservice.base import ServiceConnection, ServiceMessageHandler, ServiceResponse, coro_sleep
 
 # The 2013 addresses are relative ('ipc://run/slow'), so they resolve against the working directory: we
-# move into demos/var/ (beside Mongrel2's run/ and log/) whatever directory the script is started from.
-# Not demos/ itself: demos/run is the launcher script, so a run/ directory cannot live there.
+# move into the runtime directory (beside Mongrel2's run/ and log/), by default demos/var/, whatever
+# directory the script is started from. Not demos/ itself: demos/run is the launcher script, so a run/
+# directory cannot live there.
 RUNTIME_DIR = Path(__file__).resolve().parent / "var"
 
 log = logging.getLogger("demo.service")
@@ -56,14 +59,19 @@ class SlowEchoHandler(ServiceMessageHandler):
         return self.render()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--dir", type=Path, default=RUNTIME_DIR,
+                        help="where ipc://run/slow lives (default demos/var)")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    RUNTIME_DIR.mkdir(exist_ok=True)
-    os.chdir(RUNTIME_DIR)
+    runtime_dir = args.dir.resolve()
+    (runtime_dir / "run").mkdir(parents=True, exist_ok=True)
+    os.chdir(runtime_dir)
     app = Brubeck(msg_conn=ServiceConnection('ipc://run/slow', 'ipc://run/slow_response', 'my_shared_secret'),
                   handler_tuples=[(r'^/service/slow', SlowEchoHandler)])
-    log.info("slow echo service ready at ipc://run/slow (in %s), %g s per request", RUNTIME_DIR, DELAY)
+    log.info("slow echo service ready at ipc://run/slow (in %s), %g s per request", runtime_dir, DELAY)
     app.run()
     log.info("stopped")
 

@@ -8,7 +8,12 @@
                       ServiceResponseHandler, which logs it and lists it on the index
 
 Behind Mongrel2 (demos/mongrel2.conf's handler) by default; `--wsgi` serves HTTP itself on port 6767 (or
-`--port`), for machines without Mongrel2. `demos/run` starts everything; see the README.
+`--port`), for machines without Mongrel2. `--dir DIR` names the directory the relative ipc:// addresses of
+Mongrel2's handler and of the service resolve in (default demos/var/). `demos/run` starts everything, in a
+directory of its own per port; see the README.
+
+Every page it answers is logged with the status it sent ("GET /no/such/page -> 404 Not Found"): Mongrel2's
+access log cannot say, since it logs 200 for every request the moment it hands it to a handler.
 
 The handlers are written in the 2013 brubeck-service style (`Jinja2Rendering, ServiceClientMixin,
 WebMessageHandler`); a service that times out or cannot be reached gets an error page, not a traceback.
@@ -31,6 +36,7 @@ from typing import Any
 from brubeck.connections import Mongrel2Connection, WSGIConnection
 from brubeck.request_handling import Brubeck, HTTPResponse, WebMessageHandler
 from brubeck.templating import Jinja2Rendering, load_jinja2_env
+from brubeck.types import HandlerClass
 from brubeckservice.base import (
     RemoteServiceError,
     ServiceClientMixin,
@@ -43,14 +49,15 @@ from brubeckservice.base import (
 from brubeckservice.mixin import registry
 
 DEMOS_DIR = Path(__file__).resolve().parent
-# As in demo_service.py: the relative ipc:// addresses resolve in demos/var/ (demos/run is a script).
+# As in demo_service.py: the relative ipc:// addresses resolve in the runtime directory, by default
+# demos/var/ (not demos/: demos/run is a script, so no run/ directory can live there).
 RUNTIME_DIR = DEMOS_DIR / "var"
 TEMPLATES_DIR = DEMOS_DIR / "templates"
 
 # demos/mongrel2.conf's handler: Mongrel2 pushes requests on send_spec and subscribes to replies on
 # recv_spec; we connect to both.
-MONGREL2_SEND_SPEC = "tcp://127.0.0.1:9999"
-MONGREL2_RECV_SPEC = "tcp://127.0.0.1:9998"
+MONGREL2_SEND_SPEC = "ipc://run/requests"
+MONGREL2_RECV_SPEC = "ipc://run/replies"
 
 SERVICE_ADDR = "ipc://run/slow"
 SERVICE_RESPONSE_ADDR = "ipc://run/slow_response"
@@ -135,7 +142,7 @@ class DemoPage(Jinja2Rendering, ServiceClientMixin, WebMessageHandler):
             detail = (f"The slow service did not answer within {SERVICE_TIMEOUT:g} seconds, so the call was "
                       "given up. Is it stuck, or is its delay longer than that?")
         elif isinstance(err, ServiceUnavailable):
-            detail = (f"The slow service cannot be reached at {SERVICE_ADDR} (in {RUNTIME_DIR}). "
+            detail = (f"The slow service cannot be reached at {SERVICE_ADDR} (in {Path.cwd()}). "
                       "Is demo_service.py running?")
         elif isinstance(err, RemoteServiceError):
             detail = f"The slow service answered with an error: {err}"
@@ -204,6 +211,16 @@ class ServiceResponseHandler(ServiceMessageHandler):
         return self.render()
 
 
+class DemoApp(Brubeck):
+    """The web app; it logs each page it answers with the status it sent, which Mongrel2 cannot log."""
+
+    def handle(self, message: Any, base_handler: HandlerClass | None = None) -> Any:
+        response = super().handle(message, base_handler)
+        if isinstance(response, HTTPResponse):  # not a service's reply, which is handled here too
+            log.info("%s %s -> %d %s", message.method, message.path, response.status_code, response.status_msg)
+        return response
+
+
 def build_app(use_wsgi: bool, port: int) -> Brubeck:
     msg_conn: Mongrel2Connection | WSGIConnection
     if use_wsgi:
@@ -212,7 +229,7 @@ def build_app(use_wsgi: bool, port: int) -> Brubeck:
     else:
         msg_conn = Mongrel2Connection(MONGREL2_SEND_SPEC, MONGREL2_RECV_SPEC)
         transport = "behind Mongrel2"
-    app = Brubeck(msg_conn=msg_conn,
+    app = DemoApp(msg_conn=msg_conn,
                   handler_tuples=[(r'^/$', IndexHandler),
                                   (r'^/service/sync$', SyncHandler),
                                   (r'^/service/async$', AsyncHandler)],
@@ -233,19 +250,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--wsgi", action="store_true", help="serve HTTP directly instead of behind Mongrel2")
     parser.add_argument("--port", type=int, default=6767, help="the HTTP port with --wsgi (default 6767)")
+    parser.add_argument("--dir", type=Path, default=RUNTIME_DIR,
+                        help="where the ipc:// sockets live (default demos/var)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    RUNTIME_DIR.mkdir(exist_ok=True)
-    os.chdir(RUNTIME_DIR)
+    runtime_dir = args.dir.resolve()
+    (runtime_dir / "run").mkdir(parents=True, exist_ok=True)
+    os.chdir(runtime_dir)
     app = build_app(args.wsgi, args.port)
     log.info("web app %s, calling the service at %s", app.settings["transport"], SERVICE_ADDR)
     try:
         app.run()
     except OSError as err:
-        if err.errno != errno.EADDRINUSE:
-            raise
-        sys.exit(f"cannot serve on port {args.port}: it is already in use")
+        if err.errno == errno.EADDRINUSE:
+            sys.exit(f"cannot serve on port {args.port}: it is already in use")
+        if err.errno == errno.EACCES:
+            sys.exit(f"cannot serve on port {args.port}: permission denied (ports below 1024 need root)")
+        raise
     finally:
         for client in registry(app).values():
             client.close()

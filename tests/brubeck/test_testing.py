@@ -1,11 +1,17 @@
-"""brubeck.testing.Mongrel2Server against the real Mongrel2: traffic both ways, clean stops, loud failures."""
+"""brubeck.testing.Mongrel2Server against the real Mongrel2: traffic both ways, clean stops, loud failures,
+a config file of the caller's, a server in the foreground."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,3 +221,121 @@ def test_free_port_is_bindable() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
     assert 0 < port < 65536
+
+
+# -- a config file of the caller's, and a server in the foreground ----------------------------------------
+
+OWN_CONFIG = """\
+# A config as a project keeps it: ipc sockets and paths relative to the chroot '.', the workdir.
+h = Handler(send_spec='ipc://run/requests', send_ident='{ident}',
+            recv_spec='ipc://run/replies', recv_ident='{ident}')
+main = Server(uuid='{uuid}', name='own', chroot='{chroot}', access_log='/logs/access.log',
+              error_log='/logs/error.log', pid_file='/run/m2.pid', default_host='localhost',
+              bind_addr='127.0.0.1', port={port}, hosts=[Host(name='localhost', routes={{'/': h}})])
+settings = {{'zeromq.threads': 1}}
+servers = [{servers}]
+"""
+
+
+def own_config(directory: Path, *, chroot: str = ".", servers: str = "main") -> tuple[Path, dict[str, str]]:
+    values = {"ident": str(uuid.uuid4()), "uuid": str(uuid.uuid4()), "port": str(free_port())}
+    path = directory / "own.conf"
+    path.write_text(OWN_CONFIG.format(chroot=chroot, servers=servers, **values))
+    return path, values
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory whose ipc:// paths fit in a sockaddr_un (107 bytes), which pytest's tmp_path may not."""
+    directory = Path(tempfile.mkdtemp(prefix="m2-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+@pytest.mark.mongrel2
+def test_a_config_file_of_its_own_is_served_as_written(mongrel2_required: None, short_dir: Path,
+                                                       context: Context) -> None:
+    config, values = own_config(short_dir)
+    server = Mongrel2Server(workdir=short_dir, config=config)
+    # Read back from what m2sh loaded, before anything starts: nothing is written to the workdir yet.
+    assert (server.http_port, server.server_uuid) == (int(values["port"]), values["uuid"])
+    assert (server.send_spec, server.recv_spec) == ("ipc://run/requests", "ipc://run/replies")
+    assert server.send_ident == server.recv_ident == values["ident"]
+    assert server.pid_file == short_dir / "run" / "m2.pid"
+    assert server.access_log == short_dir / "logs" / "access.log"
+    assert sorted(p.name for p in short_dir.iterdir()) == ["own.conf"]
+
+    with server:
+        assert server.pid is not None and server.pid_file.read_text().strip() == str(server.pid)
+        pull = connect(context, zmq.PULL, f"ipc://{short_dir}/run/requests")
+        pub = connect(context, zmq.PUB, f"ipc://{short_dir}/run/replies")
+        client = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=TIMEOUT_MS / 1000)
+        client.request("GET", "/own")
+        message = recv(pull)
+        assert message.startswith(values["ident"].encode() + b" ")
+        reply(pub, message, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nown")
+        assert client.getresponse().read() == b"own"
+        client.close()
+    assert mongrel2_pids(server.server_uuid) == []
+    # The workdir is kept, with the logs the config names; the pid file and the sockets are gone.
+    assert (short_dir / "logs" / "error.log").exists()
+    assert not server.pid_file.exists()
+    assert [p.name for p in (short_dir / "run").iterdir()] == []
+    assert config.read_text() == OWN_CONFIG.format(chroot=".", servers="main", **values)
+
+
+@pytest.mark.mongrel2
+@pytest.mark.parametrize("source", ["generated", "config file"])
+def test_a_foreground_server_is_our_child_and_wait_gives_its_status(mongrel2_required: None, short_dir: Path,
+                                                                    source: str) -> None:
+    if source == "generated":
+        server = Mongrel2Server(daemonize=False)
+        assert "'server.daemonize': 0" in server.config_text()
+    else:
+        server = Mongrel2Server(workdir=short_dir, config=own_config(short_dir)[0], daemonize=False)
+    with server:
+        pid = server.pid
+        assert pid is not None
+        assert parent_of(pid) == os.getpid()  # mongrel2 itself, not m2sh, and not detached
+        with pytest.raises(subprocess.TimeoutExpired):
+            server.wait(timeout=0.05)
+        os.kill(pid, signal.SIGKILL)
+        assert server.wait(timeout=TIMEOUT_MS / 1000) == -signal.SIGKILL
+    assert not running(pid)
+    assert not server.pid_file.exists()
+
+
+@pytest.mark.mongrel2
+def test_by_default_the_server_daemonizes_as_root(mongrel2_required: None) -> None:
+    with Mongrel2Server() as server:
+        pid = server.pid
+        assert pid is not None
+        if os.geteuid() == 0:  # as another user Mongrel2 never detaches (its test mode)
+            assert parent_of(pid) != os.getpid()
+        with pytest.raises(subprocess.TimeoutExpired):
+            server.wait(timeout=0.05)
+    assert server.wait() is None  # no exit status for a daemon, and at once once it is stopped
+
+
+@pytest.mark.mongrel2
+def test_a_config_file_it_cannot_serve_is_refused(mongrel2_required: None, short_dir: Path) -> None:
+    two, _ = own_config(short_dir, servers="main, main")
+    with pytest.raises(Mongrel2Error, match="must define one server, not 2"):
+        Mongrel2Server(workdir=short_dir, config=two)
+    elsewhere, _ = own_config(short_dir, chroot="/tmp")
+    with pytest.raises(Mongrel2Error, match="chroot '/tmp' must be the workdir"):
+        Mongrel2Server(workdir=short_dir, config=elsewhere)
+    broken = short_dir / "broken.conf"
+    broken.write_text("servers = [main\n")
+    with pytest.raises(Mongrel2Error, match="m2sh cannot load"):
+        Mongrel2Server(config=broken)
+    assert sorted(p.name for p in short_dir.iterdir()) == ["broken.conf", "own.conf"]
+
+
+def test_a_config_file_takes_no_generated_settings(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="http_port, protocol: set in the config file"):
+        Mongrel2Server(config=tmp_path / "any.conf", http_port=8080, protocol="json")

@@ -1,43 +1,27 @@
-"""The demo as a person runs it: `bash demos/run`, a real Chromium on http://127.0.0.1:6767/, then Ctrl-C.
+"""The demo as a person runs it: `bash demos/run`, a real Chromium on its URL, then Ctrl-C.
 
 Each test starts the whole demo (Mongrel2, demos/demo_service.py, demos/demo_service_client.py) through its
-launcher, in its own process group, with the service's delay shortened to DELAY seconds. The launcher's
-output (every process's log lines, tagged) is collected so a test can wait for a line. Port 6767 is the
-demo's: a test fails, saying so, when something else holds it.
+launcher on a free port, in its own process group, with the service's delay shortened to DELAY seconds (see
+conftest.py and helpers.py). The launcher's output (every process's log lines, tagged) is collected so a test
+can wait for a line.
 
 Screenshots of each page are written to /tmp/demo-*.png.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from brubeck.testing import port_in_use, process_alive
-
-REPO = Path(__file__).resolve().parents[2]
-DEMOS = REPO / "demos"
-RUNTIME = DEMOS / "var"
-PORT = 6767
-URL = f"http://127.0.0.1:{PORT}/"
-HANDLER_PORTS = (9999, 9998)
-
-#: The service's delay in these tests: long enough that overlapping and serialized calls are told apart.
-DELAY = 2.0
-START_TIMEOUT = 60.0  # the launcher installs what is missing first
-STOP_TIMEOUT = 30.0
+from tests.demos.conftest import DELAY
+from tests.demos.helpers import START_TIMEOUT, RunningDemo, demo_leftovers
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -60,124 +44,6 @@ def chromium_path() -> str | None:
     if found is None and Path("/usr/bin/chromium").exists():
         found = "/usr/bin/chromium"
     return found
-
-
-# -- the demo's processes and files -------------------------------------------------------------------------
-
-
-def demo_processes() -> list[str]:
-    """Live processes of this checkout's demo: its scripts, or a Mongrel2 confined to demos/var.
-
-    A zombie is not counted: it has exited, only its exit status is left for its parent to collect.
-    """
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if not process_alive(int(entry.name)):
-                continue
-            command = b" ".join(argv).decode(errors="replace")
-            if str(DEMOS / "demo_service") in command or str(DEMOS / "run.py") in command:
-                found.append(f"{entry.name}: {command}")
-            elif b"mongrel2" in argv[0]:
-                places = {os.readlink(entry / "root"), os.readlink(entry / "cwd")}
-                if str(RUNTIME) in places:
-                    found.append(f"{entry.name}: {command}")
-        except OSError:  # it exited while we looked
-            continue
-    return found
-
-
-def demo_leftovers() -> list[Path]:
-    """Files a stopped demo must not leave: Mongrel2's pid file and config db, ipc socket files."""
-    candidates = [DEMOS / "config.sqlite", RUNTIME / "config.sqlite", RUNTIME / "run" / "mongrel2.pid"]
-    if (RUNTIME / "run").is_dir():
-        candidates += [p for p in (RUNTIME / "run").iterdir() if p.is_socket()]
-    return [p for p in candidates if p.exists()]
-
-
-class RunningDemo:
-    """`bash demos/run` in its own process group, its output collected line by line."""
-
-    def __init__(self, delay: float) -> None:
-        env = dict(os.environ, DEMO_SERVICE_DELAY=f"{delay:g}", PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(
-            ["bash", str(DEMOS / "run")], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            start_new_session=True)
-        self.lines: list[str] = []
-        self.changed = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self.changed:
-                self.lines.append(line.rstrip("\n"))
-                self.changed.notify_all()
-        with self.changed:
-            self.changed.notify_all()
-
-    def output(self) -> str:
-        with self.changed:
-            return "\n".join(self.lines)
-
-    def wait_for_line(self, pattern: str, timeout: float) -> re.Match[str]:
-        """The first output line matching `pattern`, waiting for it at most `timeout` seconds."""
-        regex = re.compile(pattern)
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
-            found[:] = [m for m in map(regex.search, self.lines) if m][:1]
-            return bool(found) or self.process.poll() is not None
-
-        with self.changed:
-            self.changed.wait_for(seen, timeout)
-        if not found:
-            raise AssertionError(f"no line matching {pattern!r} within {timeout:g} s; demo output:\n"
-                                 + self.output())
-        return found[0]
-
-    def wait_until_answering(self, url: str, timeout: float) -> None:
-        """Poll `url` until it answers 200; fail early if the demo exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the demo exited ({self.process.returncode}) before serving:\n"
-                                     + self.output())
-            try:
-                if requests.get(url, timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"{url} did not answer within {timeout:g} s; demo output:\n" + self.output())
-            # Woken early by new output (e.g. the demo failing), else retry after a short while.
-            with self.changed:
-                self.changed.wait(0.2)
-
-    def interrupt(self, timeout: float = STOP_TIMEOUT) -> int:
-        """Ctrl-C, as a terminal sends it: SIGINT to the whole process group. Returns the exit status."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-        returncode = self.process.wait(timeout)
-        self.reader.join(timeout)
-        return returncode
-
-    def kill(self) -> None:
-        """Last resort after a failed test: everything in the group, and the daemonized Mongrel2."""
-        if self.process.poll() is None:
-            try:
-                self.interrupt(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        for line in demo_processes():  # only this checkout's demo: its scripts, its Mongrel2
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
 
 
 # -- fixtures --------------------------------------------------------------------------------------------
@@ -203,25 +69,6 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
-@pytest.fixture
-def demo(mongrel2_required: None) -> Iterator[RunningDemo]:
-    for port in (PORT, *HANDLER_PORTS):
-        if port_in_use(port):
-            pytest.fail(f"port {port} is already in use: the demo needs port {PORT} (HTTP) and ports "
-                        f"{HANDLER_PORTS[0]} and {HANDLER_PORTS[1]} (Mongrel2's handler) free; stop whatever "
-                        "holds it and run the tests again")
-    leftover = demo_processes()
-    if leftover:
-        pytest.fail(f"a demo is already running from this checkout: {leftover}")
-    running = RunningDemo(DELAY)
-    try:
-        running.wait_until_answering(URL, START_TIMEOUT)
-        yield running
-    finally:
-        running.kill()
-        print(running.output())  # shown by pytest when the test failed
-
-
 def shot(page: Page, name: str) -> None:
     page.screenshot(path=f"/tmp/demo-{name}.png", full_page=True)
 
@@ -230,11 +77,12 @@ def shot(page: Page, name: str) -> None:
 
 
 def test_demo_end_to_end(demo: RunningDemo, page: Page) -> None:
+    url = demo.url
     ready = demo.wait_for_line(r"\[demo\] ready: open (\S+)", START_TIMEOUT)
-    assert ready.group(1) == URL
-    assert demo.wait_for_line(r"\[demo\] Mongrel2 is serving on port 6767", 1)
+    assert ready.group(1) == url
+    assert demo.wait_for_line(rf"\[demo\] Mongrel2 is serving on port {demo.port} ", 1)
 
-    page.goto(URL)
+    page.goto(url)
     assert page.locator("h1").inner_text() == "Calling a slow service"
     assert "takes 2 seconds" in page.locator(".lead").inner_text()
     assert page.locator("#sync-link").get_attribute("href") == "/service/sync"
@@ -269,13 +117,13 @@ def test_demo_end_to_end(demo: RunningDemo, page: Page) -> None:
     assert handled
 
     # The index now lists that reply.
-    page.goto(URL)
+    page.goto(url)
     replies = page.locator("#replies").inner_text()
     assert job in replies and "Handed off by the web app at" in replies
     shot(page, "index-replies")
 
     # A page that does not exist gets the errors template.
-    response = page.goto(URL + "no/such/page")
+    response = page.goto(url + "no/such/page")
     assert response is not None and response.status == 404
     assert page.locator("h1").inner_text() == "Not Found"
     assert "Error 404" in page.locator(".badge").inner_text()
@@ -284,8 +132,8 @@ def test_demo_end_to_end(demo: RunningDemo, page: Page) -> None:
     # Ctrl-C stops all three and leaves nothing behind.
     assert demo.interrupt() == 0, demo.output()
     assert "[demo] stopped" in demo.output()
-    assert demo_processes() == []
-    assert demo_leftovers() == []
+    assert demo.processes() == []
+    assert demo_leftovers(demo.runtime) == []
 
 
 def test_two_sync_calls_overlap(demo: RunningDemo, browser: Browser) -> None:
@@ -296,7 +144,7 @@ def test_two_sync_calls_overlap(demo: RunningDemo, browser: Browser) -> None:
     try:
         pages = [context.new_page() for context in contexts]
         for each in pages:
-            each.goto(URL)
+            each.goto(demo.url)
         started = time.monotonic()
         # A click from script returns at once; Playwright's own click could wait for the navigation.
         for each in pages:
@@ -312,5 +160,5 @@ def test_two_sync_calls_overlap(demo: RunningDemo, browser: Browser) -> None:
     assert wall < 1.8 * DELAY, (wall, shown)
     assert all(DELAY * 0.95 <= s < 1.8 * DELAY for s in shown), shown
     assert demo.interrupt() == 0, demo.output()
-    assert demo_processes() == []
-    assert demo_leftovers() == []
+    assert demo.processes() == []
+    assert demo_leftovers(demo.runtime) == []
