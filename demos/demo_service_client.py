@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         raise
     finally:
         for client in registry(app).values():
-            client.close()
+            # Ctrl-C: the web clients are gone; give replies on their way a moment, not the default 5 s.
+            client.close(timeout=1)
     log.info("stopped")
 
 
