@@ -11,6 +11,7 @@ import pytest
 from brubeck.errors import HTTPError
 from brubeck.handlers import JSONMessageHandler, MessageHandler, WebMessageHandler
 from brubeck.response import HTTPResponse
+from brubeck.testing import TestResponse
 from tests.brubeck.inmemory import call, header, make_app, make_request
 
 SECRET = "handler test secret"
@@ -257,7 +258,7 @@ class Session(WebMessageHandler):
         return self.render()
 
 
-def cookie_header(response: HTTPResponse) -> str:
+def cookie_header(response: HTTPResponse | TestResponse) -> str:
     """What a browser sends back after `response`: the name=value part of each Set-Cookie."""
     return "; ".join(cookie.split(";")[0] for cookie in header(response, "Set-Cookie"))
 
@@ -298,7 +299,7 @@ class Items(JSONMessageHandler):
         raise HTTPError(409)
 
 
-def json_body(response: HTTPResponse) -> dict[str, Any]:
+def json_body(response: HTTPResponse | TestResponse) -> dict[str, Any]:
     body: dict[str, Any] = msgspec.json.decode(response.body)
     return body
 

@@ -56,7 +56,9 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit
 
-__all__ = ["Mongrel2Error", "Mongrel2Server", "free_port", "mongrel2_available"]
+from brubeck.testing.ports import accepts, free_port, process_alive
+
+__all__ = ["Mongrel2Error", "Mongrel2Server", "mongrel2_available"]
 
 MONGREL2 = "mongrel2"
 M2SH = "m2sh"
@@ -97,14 +99,6 @@ _HANDLER_QUERY = (
 
 class Mongrel2Error(RuntimeError):
     """Mongrel2 could not be configured, started or stopped; the message holds the tail of its logs."""
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def mongrel2_available() -> bool:
@@ -442,7 +436,7 @@ class Mongrel2Server:
             pid = self._read_pid()
             if pid is not None and not process_alive(pid):
                 raise Mongrel2Error(f"mongrel2 pid {pid} exited during start")
-            if pid is not None and _accepts(self.http_port) and self._handlers_bound():
+            if pid is not None and accepts(self.http_port) and self._handlers_bound():
                 return pid
             if time.monotonic() >= deadline:
                 raise Mongrel2Error(f"mongrel2 not serving on port {self.http_port} after {self.start_timeout}s")
@@ -507,7 +501,7 @@ class Mongrel2Server:
     def _bound(self, spec: str) -> bool:
         parts = urlsplit(spec)
         if parts.scheme == "tcp" and parts.hostname in ("127.0.0.1", "localhost") and parts.port:
-            return _accepts(parts.port)
+            return accepts(parts.port)
         path = self._ipc_path(spec)
         return path is None or path.exists()
 
@@ -569,46 +563,6 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def port_in_use(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:port, or holds the port so that we could not bind it."""
-    if _accepts(port):
-        return True
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As servers do: a port in TIME_WAIT after an earlier run is free to bind.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
-def process_alive(pid: int) -> bool:
-    """Whether pid runs; a zombie has stopped, whoever is yet to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    # Format: "pid (comm) state ..."; comm may contain spaces and parentheses, so split after the last ")".
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def _is_mongrel2(pid: int) -> bool:
