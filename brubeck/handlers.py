@@ -278,10 +278,11 @@ class WebMessageHandler(HTTPStatusCodes, MessageHandler):
 
     def _function_for(self, method: str) -> Callable[..., Any] | None:
         # HEAD is GET without the body (the transport leaves the body out), unless the handler has `head`.
-        function = super()._function_for(method)
+        # (Inlined rather than through super(): this runs once per request.)
+        function = getattr(self, method, None) if method in self.SUPPORTED_METHODS else None
         if function is None and method == "head":
-            return super()._function_for("get")
-        return function
+            function = getattr(self, "get", None)
+        return function if callable(function) else None
 
     def allowed_methods(self) -> list[str]:
         allowed = super().allowed_methods()
