@@ -1,6 +1,6 @@
 """brubeck-service: Brubeck apps calling each other over ZeroMQ, sync or fire-and-forget."""
 
-from brubeck import __version__ as __version__  # one distribution, one version
+from brubeck import __version__  # one distribution, one version
 from brubeckservice.client import ServiceClient
 from brubeckservice.errors import (
     AddressInUse,
@@ -32,4 +32,5 @@ __all__ = [
     "ServiceResponse",
     "ServiceTimeout",
     "ServiceUnavailable",
+    "__version__",
 ]
