@@ -97,12 +97,15 @@ def ipc_listener(address: str) -> tuple[bool, int | None]:
 
 
 def tcp_listener_pid(address: str) -> int | None:
-    """The pid of the process listening on this tcp:// address's port, when /proc can tell (Linux, and a
-    process this user may inspect); None otherwise."""
+    """The pid of the process listening on this tcp:// address's port (see `listening_pid`)."""
     port_text = address.rsplit(":", 1)[-1]
-    if not port_text.isdigit():
-        return None
-    port = f"{int(port_text):04X}"
+    return listening_pid(int(port_text)) if port_text.isdigit() else None
+
+
+def listening_pid(port: int) -> int | None:
+    """The pid of the process listening on TCP `port`, when /proc can tell (Linux, and a process this user
+    may inspect); None otherwise."""
+    hex_port = f":{port:04X}"
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -111,7 +114,7 @@ def tcp_listener_pid(address: str) -> int | None:
                 for row in rows:
                     fields = row.split()
                     # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 is the socket's inode.
-                    if len(fields) > 9 and fields[1].endswith(":" + port) and fields[3] == "0A":
+                    if len(fields) > 9 and fields[1].endswith(hex_port) and fields[3] == "0A":
                         inodes.add(f"socket:[{fields[9]}]")
         except OSError:
             continue

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from brubeck.testing import port_in_use
+from brubeckservice.addresses import listening_pid
 
 
 class RuntimeDir:
@@ -68,26 +69,6 @@ class RuntimeDir:
             for path in (self.path / "run").iterdir():
                 if path.is_socket():
                     path.unlink(missing_ok=True)
-
-
-def listening_pid(port: int) -> int | None:
-    """The pid of a process listening on TCP `port`, when this user may see it (Linux's /proc)."""
-    sockets = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for row in Path(table).read_text().splitlines()[1:]:
-                fields = row.split()
-                # "sl local_address rem_address st ... inode": st 0A is LISTEN; the port is hex.
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    sockets.add(f"socket:[{fields[9]}]")
-    if not sockets:
-        return None
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if any(os.readlink(fd) in sockets for fd in (entry / "fd").iterdir()):
-                    return int(entry.name)
-    return None
 
 
 def _argv(pid: int) -> list[str]:
