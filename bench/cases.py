@@ -4,6 +4,7 @@ A benchmark runs all of its variants (the library and its baselines) once per ru
 started server, in an order that alternates from run to run so a drift in the machine's load does not
 always favour the same side. Variant names: `brubeck` is the library (brubeckservice's `ServiceClient` and
 `ServiceConnection`, or a Brubeck app behind Mongrel2), `raw` the zmq.green floor, `zerorpc` zerorpc.
+Benchmarks 7-10 (many workers: scale, detect, rolling, heartbeat-cost) are measured in bench/workers.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import workers
 from bench.httpload import wait_http, wrk
 from bench.procs import BenchError, Processes, cpu_seconds
 from bench.stats import median
@@ -41,12 +43,24 @@ class Settings:
     soak_calls: int = 1_000_000
     soak_warmup: int = 50_000
     soak_runs: int = 3  # the soak takes minutes: it runs in the first `soak_runs` runs only
+    # many workers (bench/workers.py)
+    scale_seconds: float = 10.0  # per variant and run
+    scale_warmup_seconds: float = 2.0
+    scale_concurrency: int = 8
+    scale_cpu_ms: float = 20.0  # CPU time per call of the CPU-bound handler
+    detect_repeats: int = 10  # per fault
+    detect_runs: int = 1  # the repetitions are the sample: detect runs in the first `detect_runs` runs only
+    rolling_concurrency: int = 16
+    rolling_before_seconds: float = 5.0
+    rolling_after_seconds: float = 2.0
+    heartbeat_pairs: int = 3  # per run: each variant this many times, alternating which goes first
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(runs=1, warmup=300, sync_calls=2_000, concurrent_calls=10_000, pipeline_calls=5_000,
                    wrk_seconds=3.0, wrk_slices=1, wrk_warmup_seconds=1.0, soak_calls=50_000, soak_warmup=10_000,
-                   soak_runs=1)
+                   soak_runs=1, scale_seconds=2.0, scale_warmup_seconds=0.5, detect_repeats=2,
+                   rolling_before_seconds=2.0, rolling_after_seconds=1.0, heartbeat_pairs=1)
 
 
 @dataclass
@@ -282,6 +296,14 @@ BENCHMARKS = (
               ("bytes_per_call",), _inflight),
     Benchmark("soak", "6b", "RSS growth over 1M calls, 100 in flight", ("brubeck",),
               ("rate", "rss_before", "rss_after", "growth_pct"), _soak),
+    Benchmark("scale", "7", "CPU-bound 20 ms handler, capacity 1, 8 callers", tuple(workers.SCALE_WORKERS),
+              ("rate", "p50_ms", "cores", "client_cpu_us", "failed"), workers.scale),
+    Benchmark("detect", "8", "ms from a fault to: failed call, dead", tuple(workers.FAULTS),
+              ("fail_ms", "fail_max_ms", "dead_ms", "dead_max_ms", "alive_ms", "alive_max_ms"), workers.detect),
+    Benchmark("rolling", "9", "SIGHUP rolling restart, 16 callers", (workers.ROLLING,),
+              ("failed", "calls", "roll_s", "rate_before", "rate_during", "during_pct"), workers.rolling),
+    Benchmark("heartbeat-cost", "10", "case 1 with client heartbeats on / off", tuple(workers.HEARTBEATS),
+              ("rate", "p50_us", "client_cpu_us", "server_cpu_us", "cost_pct"), workers.heartbeat_cost),
 )
 
 TARGETS = (
@@ -297,6 +319,11 @@ TARGETS = (
     Target("inflight", "call", "bytes_per_call", maximum=10 * 1024, label="6 bytes per in-flight call()"),
     Target("inflight", "send", "bytes_per_call", maximum=10 * 1024, label="6 bytes per in-flight send()"),
     Target("soak", "brubeck", "growth_pct", maximum=5.0, label="6 RSS growth over the soak, %"),
+    Target("scale", "2 workers", "rate", baseline="1 worker", minimum=1.8, label="7 CPU-bound: 2 workers vs 1"),
+    Target("detect", "SIGSTOP", "fail_ms", label="8 SIGSTOP to failed call, ms (no target)"),
+    Target("detect", "cut link", "fail_ms", label="8 cut link to failed call, ms (no target)"),
+    Target("rolling", workers.ROLLING, "failed", label="9 failed calls, rolling restart (0 expected)"),
+    Target("heartbeat-cost", "hb on", "cost_pct", maximum=5.0, label="10 cost of heartbeats on case 1, %"),
 )
 
 

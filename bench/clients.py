@@ -3,7 +3,8 @@
 IMPL is what calls: `raw` (a zmq.green DEALER with msgspec.json, the floor), `service` (brubeckservice's
 `ServiceClient`) or `zerorpc`. MODE is the loop:
 
-    sync        one caller, sequential calls: calls/s, p50/p99 latency
+    sync        one caller, sequential calls: calls/s, p50/p99 latency (`--heartbeat S`: the
+                ServiceClient's heartbeat, for benchmark 10)
     concurrent  `--concurrency` greenlets calling in a loop: calls/s, p50/p99 latency
     pipeline    one greenlet sends `--calls` requests without waiting, replies are counted as they come
                 (`ServiceClient.send` with an on_reply callback; raw: a DEALER and a receiving greenlet)
@@ -123,10 +124,12 @@ class RawClient:
 
 
 class ServiceCaller:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, heartbeat: float | None = None) -> None:
         from brubeckservice import ServiceClient
+        from brubeckservice.pool import DEFAULT_HEARTBEAT
 
-        self.client = ServiceClient(address, passphrase=PASSPHRASE, timeout=DEADLINE)
+        self.client = ServiceClient(address, passphrase=PASSPHRASE, timeout=DEADLINE,
+                                    heartbeat=DEFAULT_HEARTBEAT if heartbeat is None else heartbeat)
 
     def call(self) -> Any:
         response = self.client.call(ECHO_PATH, "request", PAYLOAD)
@@ -152,7 +155,7 @@ class ZerorpcCaller:
         self.client.close()
 
 
-def make_caller(impl: str, address: str, sequential: bool) -> Caller:
+def make_caller(impl: str, address: str, sequential: bool, heartbeat: float | None = None) -> Caller:
     if impl == "raw":
         raw = RawClient(address)
         if sequential:
@@ -160,7 +163,7 @@ def make_caller(impl: str, address: str, sequential: bool) -> Caller:
         raw.listen()
         return raw
     if impl == "service":
-        return ServiceCaller(address)
+        return ServiceCaller(address, heartbeat)
     if impl == "zerorpc":
         return ZerorpcCaller(address)
     raise ValueError(f"unknown client {impl!r}")
@@ -467,7 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1_000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--nowait", action="store_true", help="inflight: ServiceClient.send, not call")
+    parser.add_argument("--heartbeat", type=float, help="sync, concurrent, soak: the ServiceClient's heartbeat "
+                                                         "in seconds (default: the client's, 0.5)")
     args = parser.parse_args(argv)
+    if args.heartbeat is not None and (args.impl != "service" or args.mode in ("pipeline", "inflight")):
+        parser.error("--heartbeat is for the service client's sync, concurrent and soak modes")
 
     figures: dict[str, float]
     if args.mode == "pipeline":
@@ -475,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.mode == "inflight":
         figures = run_inflight(args.impl, args.address, args.calls, args.warmup, args.nowait)
     else:
-        caller = make_caller(args.impl, args.address, sequential=args.mode == "sync")
+        caller = make_caller(args.impl, args.address, sequential=args.mode == "sync", heartbeat=args.heartbeat)
         if args.mode == "sync":
             figures = run_sync(caller, args.calls, args.warmup)
         elif args.mode == "concurrent":

@@ -17,7 +17,15 @@ from bench.stats import median, spread
 
 HEADINGS = {"rate": "rate/s", "p50_us": "p50 us", "p99_us": "p99 us", "bytes_per_call": "B/call",
             "rss_before": "RSS0 MiB", "rss_after": "RSS1 MiB", "growth_pct": "growth %", "errors": "errors",
-            "client_cpu_us": "cli CPU us", "server_cpu_us": "srv CPU us", "service_cpu_us": "svc CPU us"}
+            "client_cpu_us": "cli CPU us", "server_cpu_us": "srv CPU us", "service_cpu_us": "svc CPU us",
+            # many workers (bench/workers.py)
+            "p50_ms": "p50 ms", "cores": "wkr cores", "failed": "failed", "calls": "calls", "roll_s": "roll s",
+            "fail_ms": "fail ms", "fail_max_ms": "fail max", "dead_ms": "dead ms", "dead_max_ms": "dead max",
+            "alive_ms": "alive ms", "alive_max_ms": "alive max", "rate_before": "before/s",
+            "rate_during": "during/s", "during_pct": "during %", "cost_pct": "cost %"}
+#: The y axis of a benchmark's panel, by its first metric (default: a rate).
+UNITS = {"bytes_per_call": "bytes per in-flight call", "fail_ms": "ms from the fault to the failed call",
+         "failed": "calls failed"}
 
 
 def summarize(benchmark: Benchmark, runs: Sequence[dict[str, Figures]], errors: Sequence[str]) -> dict[str, Any]:
@@ -77,6 +85,8 @@ def _fmt(metric: str, value: float) -> str:
         return f"{value / 2**20:,.1f}"
     if metric == "growth_pct":
         return f"{value:+.2f}"
+    if metric in ("failed", "calls"):  # counts
+        return f"{value:,.0f}"
     if metric == "rate" or value >= 100:
         return f"{value:,.0f}"
     return f"{value:,.1f}"
@@ -100,6 +110,9 @@ def table(summaries: dict[str, dict[str, Any]], benchmarks: Sequence[Benchmark],
             lines.append(f"{'':<48}{variant:>9}{cells}   {span}")
         for error in summary["errors"]:
             lines.append(f"{'':<8}ERROR: {error.splitlines()[0]}")
+        notes = {f"{v}: {f['note']}": None for run in summary["runs"] for v, f in run.items()
+                 if isinstance(f.get("note"), str)}
+        lines.extend(f"{'':<8}NOTE: {note}" for note in notes)
     lines.append("")
     lines.append(f"Targets: median over the runs ({runs} at most) of each run's value; a ratio is subject/baseline"
                  " measured in the same run")
@@ -166,7 +179,7 @@ def draw(path: Path, summaries: dict[str, dict[str, Any]], benchmarks: Sequence[
         high = [max(0.0, stats[v][metric]["spread"][1] - val) for v, val in zip(names, values, strict=True)]
         bars = ax.bar(names, values, yerr=[low, high], capsize=4, color=[colours.get(n, "#999") for n in names])
         ax.bar_label(bars, labels=[_fmt(metric, v) for v in values], fontsize=8)
-        unit = "bytes per in-flight call" if metric == "bytes_per_call" else "calls or requests / s"
+        unit = UNITS.get(metric, "calls or requests / s")
         ax.set_title(f"{benchmark.number}. {benchmark.title}", fontsize=9)
         ax.set_ylabel(unit, fontsize=8)
         if metric == "bytes_per_call":

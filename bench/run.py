@@ -68,7 +68,8 @@ def _short(benchmark: Benchmark, figures: dict[str, Figures]) -> str:
         value = figures.get(variant, {}).get(metric)
         if value is not None:
             parts.append(f"{variant} {value:,.0f}" if metric != "growth_pct" else f"{variant} {value:+.2f}%")
-    unit = {"rate": "/s", "bytes_per_call": " B/call"}.get(metric, "")
+    unit = {"rate": "/s", "bytes_per_call": " B/call", "fail_ms": " ms to a failed call", "failed": " failed"}.get(
+        metric, "")
     return ", ".join(parts) + unit
 
 

@@ -1,4 +1,12 @@
-"""The Brubeck application: routes, settings, and the loop that serves one connection."""
+"""The Brubeck application: routes, settings, and the loop that serves one connection.
+
+Stopping: `close()` closes the connection and then runs the close hooks extensions registered with
+`on_close()` (newest first, so what was set up last is taken down first). `run()` ends with it, whether
+serving ended by itself or by a signal. SIGINT closes at once. SIGTERM (a supervisor's "please stop")
+first drains, when the connection can (`msg_conn.drain()`, a `ServiceConnection`: its callers are told,
+its calls in flight answered), then closes; a second SIGTERM, or SIGINT, during the drain closes at once
+(a connection's `drain()` must return once it is closed).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import gevent
+from gevent.event import Event
+from gevent.hub import get_hub
 from gevent.pool import Pool
+from greenlet import getcurrent
 from jinja2 import Environment
 
 from brubeck.errors import BrubeckError, ConfigurationError
@@ -56,6 +67,11 @@ class Brubeck:
         self.settings = kwargs
         #: Per-application state of extensions (e.g. brubeckservice's registered services).
         self.extensions: dict[str, Any] = {}
+        self._close_hooks: list[Callable[[], object]] = []
+        self._closed = False
+        self._close_done = Event()
+        self._closer: object = None  # the greenlet running close()
+        self._drainer: gevent.Greenlet[[], None] | None = None
         if not logging.getLogger().handlers:
             logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("brubeck").setLevel(log_level)
@@ -113,22 +129,86 @@ class Brubeck:
         return handler.render_error(404)
 
     def run(self) -> None:
-        """Serve messages from `msg_conn` until it is closed, or until SIGTERM or SIGINT closes it.
+        """Serve messages from `msg_conn` until it is closed, or until SIGTERM or SIGINT closes it; then
+        `close()`.
 
         Closing on a signal (rather than dying of it) releases the sockets: an ipc:// socket file is
-        removed, and callers see the connection drop instead of waiting for their timeouts.
+        removed, and callers see the connection drop instead of waiting for their timeouts. SIGTERM drains
+        first when the connection has a `drain()` method (see the module's docstring).
         """
         log.info("Brubeck serving on %r", self.msg_conn)
         handlers = []
         if threading.current_thread() is threading.main_thread():
-            handlers = [gevent.signal_handler(sig, self._stop, sig) for sig in (signal.SIGTERM, signal.SIGINT)]
+            handlers = [gevent.signal_handler(signal.SIGTERM, self._terminate),
+                        gevent.signal_handler(signal.SIGINT, self._stop, signal.SIGINT)]
         try:
             self.msg_conn.process_messages(self)
         finally:
             for handler in handlers:
                 handler.cancel()
-            self.msg_conn.close()
+            self.close()
+            if self._drainer is not None:
+                self._drainer.join()  # a drain returns once its connection is closed
+
+    def _terminate(self) -> None:
+        drain: Callable[[], None] | None = getattr(self.msg_conn, "drain", None)
+        if drain is None or self._drainer is not None or self._closed:
+            self._stop(signal.SIGTERM)
+            return
+        log.info("SIGTERM: draining %r, then closing (SIGTERM again or SIGINT to close at once)", self.msg_conn)
+        # The drain waits for calls to finish: in a greenlet of its own, never in the signal's callback.
+        self._drainer = gevent.spawn(self._drain_then_close, drain)
+
+    def _drain_then_close(self, drain: Callable[[], None]) -> None:
+        try:
+            drain()
+        except Exception:
+            log.exception("draining %r failed; closing", self.msg_conn)
+        finally:
+            self.close()
 
     def _stop(self, signum: int) -> None:
         log.info("%s: closing %r", signal.Signals(signum).name, self.msg_conn)
-        self.msg_conn.close()
+        self.close()
+
+    # -- closing ------------------------------------------------------------------------------------
+
+    def on_close(self, callback: Callable[[], object]) -> Callable[[], object]:
+        """Have `close()` call `callback()` after closing the connection (hooks run newest first).
+
+        For extensions that open resources of their own (brubeckservice closes its service clients this
+        way). Returns `callback`, so it can decorate a function. On an application already closed, it is
+        called at once.
+        """
+        if self._closed:
+            self._run_hook(callback)
+        else:
+            self._close_hooks.append(callback)
+        return callback
+
+    def close(self) -> None:
+        """Close `msg_conn` (serving stops), then run the `on_close` hooks, newest first. Safe to call twice;
+        a hook that fails is logged and the others still run. While another greenlet is closing (a signal's),
+        this waits until it is done, so `run()` does not return with hooks half run."""
+        if self._closed:
+            current = getcurrent()
+            # (a hook closing the app again must not wait for itself, and the hub cannot wait)
+            if current is not self._closer and current is not get_hub():
+                self._close_done.wait()
+            return
+        self._closed = True
+        self._closer = getcurrent()
+        try:
+            self.msg_conn.close()
+        finally:
+            hooks, self._close_hooks = self._close_hooks, []
+            for hook in reversed(hooks):
+                self._run_hook(hook)
+            self._close_done.set()
+
+    @staticmethod
+    def _run_hook(hook: Callable[[], object]) -> None:
+        try:
+            hook()
+        except Exception:
+            log.exception("close hook %r failed", hook)

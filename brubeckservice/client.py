@@ -1,21 +1,19 @@
 """`ServiceClient`: call a service from any gevent program, and wait (`call`) or not (`send`).
 
-Topology: the service binds a ROUTER; the client connects one DEALER per service address (several
-addresses = several workers, each call goes to the connected one with the fewest calls in flight). No
-REQ/REP lock-step: any number of calls share a socket, told apart by correlation id. Replies are read in
-the gevent hub as they arrive (brubeck.transports.channel): each wakes its waiting caller directly, or
-(for `send`) runs the reply callback on a recycled greenlet. Connection events are read the same way: the
-calls in flight on a connection fail the moment it drops.
+Topology: the service's workers each bind a ROUTER; the client connects one DEALER per worker (pool.py:
+membership from addresses, DNS names and the siblings a worker lists; liveness from heartbeats; the choice
+of worker by free capacity). No REQ/REP lock-step: any number of calls share a socket, told apart by
+correlation id. Replies are read in the gevent hub as they arrive (brubeck.transports.channel): each wakes
+its waiting caller directly, or (for `send`) runs the reply callback on a recycled greenlet. The calls in
+flight on a worker fail the moment its connection drops (or go once to another worker, when idempotent).
 
-Waiting for a connection (docs/protocol.md §1): the DEALER sets ZMQ_IMMEDIATE, so ZeroMQ queues a message
-only to a connection whose handshake is done, and refuses it (EAGAIN) when there is none, instead of
-queueing it for a service that may never come. The socket monitor says when a connection becomes usable
-(EVENT_HANDSHAKE_SUCCEEDED) and when it drops. A message that cannot be queued now is *held* here, in
-order, and one flusher greenlet sends it the moment a connection (or room in a full queue) appears: `send`
-never waits, and `call` waits only for its reply. A message waits for a connection at most
-`connect_timeout`, counted from when the client began connecting or lost its last connection; once every
-address has been without one for that long, calls and sends fail at once with ServiceUnavailable until a
-connection is back (libzmq keeps reconnecting in the background).
+A call goes at once to the alive worker with the most free capacity. When none has room (all full, busy,
+draining, or not connected yet), it waits in the client's queue (correlation.py: FIFO, at most
+`max_queued`), and one flusher greenlet sends it the moment a worker has room: `send` never waits, and
+`call` waits only for its reply. Past the bound a call fails at once (ServiceUnavailable). A call waits for
+a connection at most `connect_timeout`, counted from when the client began connecting or lost its last
+connection; once every worker has been without one for that long, calls fail at once with
+ServiceUnavailable until a connection is back (libzmq keeps reconnecting in the background).
 
 Never hang: a call waits at most its timeout (ServiceTimeout, from the reaper greenlet's timer wheel), no
 message waits longer than `connect_timeout` for a connection (ServiceUnavailable), `close()` waits at most
@@ -28,9 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import gevent
@@ -38,13 +35,13 @@ import zmq
 from gevent.event import Event
 from gevent.hub import Waiter, get_hub
 from greenlet import getcurrent, greenlet
-from zmq.utils.monitor import parse_monitor_message
 
-from brubeck.transports.channel import Channel, Workers
+from brubeck.transports.channel import Workers
 from brubeckservice import envelope
 from brubeckservice.addresses import endpoints
 from brubeckservice.clock import now_ms
-from brubeckservice.correlation import Call, ErrorCallback, PendingCalls, ReplyCallback
+from brubeckservice.correlation import Build, Call, ErrorCallback, PendingCalls, ReplyCallback
+from brubeckservice.discovery import Resolver
 from brubeckservice.envelope import DEFAULT_MAX_MESSAGE_SIZE
 from brubeckservice.errors import (
     AuthenticationError,
@@ -55,6 +52,7 @@ from brubeckservice.errors import (
     ServiceUnavailable,
 )
 from brubeckservice.models import ServiceRequest, ServiceResponse
+from brubeckservice.pool import DEFAULT_HEARTBEAT, DEFAULT_RESOLVE_INTERVAL, Worker, WorkerInfo, WorkerPool
 from brubeckservice.signing import Signer
 
 log = logging.getLogger("brubeckservice.client")
@@ -65,53 +63,38 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_CONNECT_TIMEOUT = 3.0
 #: Seconds `close()` waits for the calls still out (and their reply callbacks) before failing them.
 DEFAULT_CLOSE_TIMEOUT = 5.0
-#: How often held messages look again at a live connection whose queue is full. ZeroMQ raises no event for
+#: Calls that may wait in the client for a worker with room; past it, calls fail at once.
+DEFAULT_MAX_QUEUED = 1000
+#: How often queued messages look again at a live connection whose queue is full. ZeroMQ raises no event for
 #: room, and tells a writer of it only once the reader has taken half the queue: the other half keeps the
 #: connection busy far longer than this.
 ROOM_POLL = 0.005
 
-# A connection is usable once its ZMTP handshake is done: only then does ZMQ_IMMEDIATE let a message be
-# queued to it. libzmq reports that from 4.3 on; older ones report only the transport's connect.
-USABLE = zmq.EVENT_HANDSHAKE_SUCCEEDED if zmq.zmq_version_info() >= (4, 3) else zmq.EVENT_CONNECTED
-
-#: Builds a message's frames for a correlation id, at the moment it is sent.
-Build = Callable[[bytes], list[bytes]]
-
-
-class Endpoint:
-    """One service address: its socket, whether it has a usable connection, and its calls in flight."""
-
-    __slots__ = ("address", "channel", "connected", "inflight", "monitor", "socket", "unconnected_since")
-
-    def __init__(self, address: str, socket: zmq.Socket[bytes], channel: Channel, monitor: Channel) -> None:
-        self.address = address
-        self.socket = socket
-        self.channel = channel
-        self.monitor = monitor
-        # inproc:// reports no connection events, and its queue exists from the connect on.
-        self.connected = address.startswith("inproc://")
-        self.unconnected_since = time.monotonic()  # when it last had (or began waiting for) a connection
-        self.inflight = 0
-
-    def __repr__(self) -> str:
-        return f"<Endpoint {self.address} connected={self.connected} inflight={self.inflight}>"
+_REQ, _PING = envelope.REQ, envelope.PING
 
 
 class ServiceClient:
     """A client of one service (at one or more addresses), signing with the shared `passphrase`.
 
-    `service_response_addr` is accepted for compatibility with brubeck-service 2013's two-address API;
-    protocol v1 carries replies on the request connection, so it is not used (see docs/protocol.md).
+    `service_addr`: an address, a comma-separated list or a sequence of them; `tcp://NAME:PORT` with a DNS
+    name stands for every A/AAAA record of NAME, `srv://NAME` for its SRV records (re-resolved every
+    `resolve_interval` seconds by `resolver`, default: the system's DNS servers). `service_response_addr` is
+    accepted for compatibility with brubeck-service 2013's two-address API; protocol v1 carries replies on
+    the request connection, so it is not used (see docs/protocol.md).
     `timeout` is the default time a call waits for its reply; `connect_timeout` (None:
-    DEFAULT_CONNECT_TIMEOUT, 3 s) how long a message waits for a connection to the service.
-    `on_reply` receives the replies of `send()` calls that name no callback of their own.
+    DEFAULT_CONNECT_TIMEOUT, 3 s) how long a message waits for a connection to the service; `heartbeat` the
+    seconds between heartbeats (a stopped or cut-off worker is found within about 3 of them; one silent
+    for `heartbeat_timeout`, default 3 heartbeats, is busy); `max_queued` how many calls may wait for a
+    worker with room. `on_reply` receives the replies of `send()` calls that name no callback of their own.
     """
 
     def __init__(self, service_addr: str | Sequence[str], service_response_addr: str | None = None,
                  passphrase: str | bytes = "", *, context: zmq.Context[zmq.Socket[bytes]] | None = None,
                  timeout: float = DEFAULT_TIMEOUT, connect_timeout: float | None = None,
                  on_reply: ReplyCallback | None = None, window_ms: int = 30_000,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_queued: int = DEFAULT_MAX_QUEUED,
+                 heartbeat: float = DEFAULT_HEARTBEAT, heartbeat_timeout: float | None = None,
+                 resolver: Resolver | None = None, resolve_interval: float = DEFAULT_RESOLVE_INTERVAL) -> None:
         self.addresses = endpoints(service_addr)
         self.service_response_addr = service_response_addr
         self.signer = Signer(passphrase)
@@ -120,6 +103,7 @@ class ServiceClient:
         self.on_reply = on_reply
         self.window_ms = window_ms
         self.max_message_size = max_message_size
+        self.max_queued = max_queued
         self.stats: Counter[str] = Counter()
         self.calls = PendingCalls()
         self.session = os.urandom(8).hex()
@@ -129,98 +113,110 @@ class ServiceClient:
         self._closing = False  # close() began: no new calls
         self._closed = False  # close() is done waiting: everything still out fails
         self._expiry_changed = Event()
-        self.endpoints: list[Endpoint] = []
-        self._greenlets: list[gevent.Greenlet[Any, Any]] = []
-        # Messages that could not be queued yet, oldest first, and the greenlet that sends them.
-        self._held: deque[tuple[bytes, Call, Build]] = deque()
         self._flusher: gevent.Greenlet[Any, Any] | None = None
-        self._wake = Event()  # set when a connection becomes usable (or the client closes): held ones may go
+        self._wake = Event()  # set when a worker may have room (or the client closes): queued ones may go
         self._in_callbacks: set[greenlet] = set()  # greenlets running a reply or error callback now (for close)
         self._quiet: Event | None = None  # while close() waits: set when a call or a callback finishes
-        for index, address in enumerate(self.addresses):
-            sock = self.context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to live connections: no send into the void
-            sock.setsockopt(zmq.ROUTING_ID, f"{self.session}-{index}".encode())
-            monitor = sock.get_monitor_socket(USABLE | zmq.EVENT_DISCONNECTED)
-            # Replies and connection events are handled in the hub as they arrive (brubeck's Channel):
-            # no listener greenlet stands between a reply and its caller.
-            channel, watch = Channel(sock, log=log), Channel(monitor, log=log)
-            endpoint = Endpoint(address, sock, channel, watch)
-            channel.start(partial(self._on_frames, endpoint))
-            watch.start(partial(self._on_event, endpoint))
-            sock.connect(address)
-            self.endpoints.append(endpoint)
-        self._greenlets.append(gevent.spawn(self._reap))
         # Reply and error callbacks run on recycled greenlets: one each while it runs, none created per reply.
         self._callbacks: Workers[tuple[Any, Any]] = Workers(self._run_callback, log=log)
+        self.pool = WorkerPool(self.addresses, context=self.context, session=self.session, signer=self.signer,
+                               on_frames=self._on_frames, on_lost=self._on_lost, on_ready=self._on_ready,
+                               heartbeat=heartbeat, heartbeat_timeout=heartbeat_timeout, resolver=resolver,
+                               resolve_interval=resolve_interval)
+        self._reaper = gevent.spawn(self._reap)
 
     def __repr__(self) -> str:
         return f"ServiceClient({','.join(self.addresses)!r}, pending={len(self.calls)})"
 
     @property
     def pending(self) -> int:
-        """Calls sent (or held for a connection) and not yet answered, timed out or failed."""
+        """Calls sent (or queued for a worker) and not yet answered, timed out or failed."""
         return len(self.calls)
 
     @property
+    def queued(self) -> int:
+        """Calls waiting in this client for a worker with room."""
+        return self.calls.waiting
+
+    @property
+    def endpoints(self) -> list[Worker]:
+        """The workers, live objects (see `workers` for snapshots)."""
+        return self.pool.workers
+
+    @property
+    def workers(self) -> list[WorkerInfo]:
+        """Each worker's state: address, alive/busy/draining/dead/..., calls in flight, capacity, load, when
+        it was last heard from, recent latency (docs/protocol.md §8)."""
+        return self.pool.snapshot()
+
+    @property
     def available(self) -> bool:
-        """False when the service is known to be out of reach: no address has a usable connection and each
-        has been without one for `connect_timeout`, so a call fails at once. True while connecting."""
-        deadline = self._connect_deadline()
-        return deadline is None or time.monotonic() < deadline
+        """False when the service is known to be out of reach: no worker has a usable connection and none
+        has had one for `connect_timeout`, so a call fails at once. True while connecting."""
+        since = self.pool.unconnected_since()
+        return since is None or time.monotonic() < since + self.connect_timeout
 
     # -- calling ------------------------------------------------------------------------------------
 
     def call(self, path: str, method: str = "request", arguments: dict[str, Any] | None = None, *,
              headers: dict[str, str] | None = None, conn_id: str = "",
-             timeout: float | None = None) -> ServiceResponse:
-        """Send a request and wait (this greenlet only) for its reply, at most `timeout` seconds."""
+             timeout: float | None = None, idempotent: bool = False) -> ServiceResponse:
+        """Send a request and wait (this greenlet only) for its reply, at most `timeout` seconds.
+
+        `idempotent=True` says running it twice does no harm: when its worker is lost while it is in flight,
+        it is sent once more, to another worker, instead of failing."""
         request = ServiceRequest(path=path, method=method, arguments=arguments or {}, headers=headers or {},
                                  conn_id=conn_id)
-        return self.call_request(request, timeout)
+        return self.call_request(request, timeout, idempotent=idempotent)
 
-    def call_request(self, request: ServiceRequest, timeout: float | None = None) -> ServiceResponse:
+    def call_request(self, request: ServiceRequest, timeout: float | None = None, *,
+                     idempotent: bool = False) -> ServiceResponse:
         """`call` for a ready-made `ServiceRequest`.
 
         Raises ServiceTimeout (no reply in time), ServiceUnavailable (no connection within the connect
-        timeout, or it dropped), AuthenticationError (the service refused our signature), ProtocolError (the
-        reply is malformed). A reply with an error status is returned, not raised: see
-        `ServiceResponse.raise_for_status()`.
+        timeout, it dropped, or the client's queue is full), AuthenticationError (the service refused our
+        signature), ProtocolError (the reply is malformed). A reply with an error status is returned, not
+        raised: see `ServiceResponse.raise_for_status()`.
         """
         limit = self.timeout if timeout is None else timeout
-        response: ServiceResponse = self._wait(Call(request.path), self._builder(request, limit), limit)
+        call = Call(request.path, build=self._builder(request, limit), idempotent=idempotent)
+        response: ServiceResponse = self._wait(call, limit)
         return response
 
     def send(self, path: str, method: str = "request", arguments: dict[str, Any] | None = None, *,
              headers: dict[str, str] | None = None, conn_id: str = "", timeout: float | None = None,
-             on_reply: ReplyCallback | None = None, on_error: ErrorCallback | None = None) -> bytes:
+             on_reply: ReplyCallback | None = None, on_error: ErrorCallback | None = None,
+             idempotent: bool = False) -> bytes:
         """Send a request without waiting; returns its correlation id.
 
-        Never waits: the request is queued to a live connection, or held until one comes (at most the
-        connect timeout). The reply goes to `on_reply` (default: the client's), run in its own greenlet.
-        A failure after `send` returned goes to `on_error` (default: a log line): ServiceUnavailable when no
-        connection came within the connect timeout or it dropped, ServiceTimeout when no reply came within
-        `timeout` (a later reply is dropped). Raises ServiceUnavailable at once when the service is
-        already known to be out of reach (see `available`) or the client is closed.
+        Never waits: the request is queued to a worker with room, or waits in the client until one has (at
+        most the connect timeout for a connection, and its own timeout). The reply goes to `on_reply`
+        (default: the client's), run in its own greenlet. A failure after `send` returned goes to
+        `on_error` (default: a log line): ServiceUnavailable when no connection came within the connect
+        timeout or it dropped, ServiceTimeout when no reply came within `timeout` (a later reply is
+        dropped). Raises ServiceUnavailable at once when the service is already known to be out of reach
+        (see `available`), the client's queue is full, or the client is closed.
         """
         request = ServiceRequest(path=path, method=method, arguments=arguments or {}, headers=headers or {},
                                  conn_id=conn_id)
-        return self.send_request(request, timeout, on_reply=on_reply, on_error=on_error)
+        return self.send_request(request, timeout, on_reply=on_reply, on_error=on_error, idempotent=idempotent)
 
     def send_request(self, request: ServiceRequest, timeout: float | None = None, *,
-                     on_reply: ReplyCallback | None = None, on_error: ErrorCallback | None = None) -> bytes:
+                     on_reply: ReplyCallback | None = None, on_error: ErrorCallback | None = None,
+                     idempotent: bool = False) -> bytes:
         """`send` for a ready-made `ServiceRequest`."""
         limit = self.timeout if timeout is None else timeout
-        call = Call(request.path, on_reply=on_reply or self.on_reply, on_error=on_error)
-        return self._submit(call, self._builder(request, limit), limit)
+        call = Call(request.path, on_reply=on_reply or self.on_reply, on_error=on_error,
+                    build=self._builder(request, limit), idempotent=idempotent)
+        return self._submit(call, limit)
 
     def ping(self, timeout: float | None = None) -> dict[str, Any]:
-        """Ask the service how it is (its PONG: in-flight requests, counters), waiting at most `timeout`
-        seconds (default: the client's timeout); raises like `call`."""
+        """Ask one alive worker how it is (its PONG: in flight, queued, capacity, counters...), waiting at
+        most `timeout` seconds (default: the client's timeout); raises like `call`. It goes the way of a
+        call, but needs no free capacity."""
         limit = self.timeout if timeout is None else timeout
-        info: dict[str, Any] = self._wait(
-            Call("PING"), lambda msg_id: envelope.build_ping(self.signer, msg_id, now_ms()), limit)
+        call = Call("PING", kind=_PING, build=lambda msg_id: envelope.build_ping(self.signer, msg_id, now_ms()))
+        info: dict[str, Any] = self._wait(call, limit)
         return info
 
     # -- sending ------------------------------------------------------------------------------------
@@ -230,67 +226,85 @@ class ServiceClient:
         deadline = request.deadline if request.deadline is not None else now_ms() + int(timeout * 1000)
 
         def build(msg_id: bytes) -> list[bytes]:
-            # Numbered at the moment of sending, so numbers leave in order (the service's replay window).
+            # Numbered at the moment of building, and built when sent (or just before: see `_frames`), so
+            # numbers leave in order (the service's replay window).
             self._seq += 1
             return envelope.build_request(self.signer, msg_id, request, now_ms(), self.session, self._seq,
                                            deadline)
 
         return build
 
-    def _wait(self, call: Call, build: Build, timeout: float) -> Any:
+    def _frames(self, msg_id: bytes, call: Call) -> list[bytes]:
+        """The call's message: the one built when it was submitted while still fresh, else built anew (a
+        fresh timestamp for the service's replay window)."""
+        frames = call.frames
+        if frames is None or time.monotonic() - call.built_at > self.window_ms / 4000:
+            assert call.build is not None
+            frames = call.frames = call.build(msg_id)
+            call.built_at = time.monotonic()
+        return frames
+
+    def _wait(self, call: Call, timeout: float) -> Any:
         waiter = Waiter()
         call.waiter = waiter
         # No timer of its own: the reaper fails the waiter with ServiceTimeout when the call expires.
-        msg_id = self._submit(call, build, timeout)
+        msg_id = self._submit(call, timeout)
         try:
             return waiter.get()
         finally:
-            self._forget(msg_id)
+            self.calls.pop(msg_id)
 
-    def _choose(self) -> Endpoint:
-        if len(self.endpoints) == 1:
-            return self.endpoints[0]
-        live = [e for e in self.endpoints if e.connected] or self.endpoints
-        return min(live, key=lambda e: e.inflight)
-
-    def _submit(self, call: Call, build: Build, timeout: float) -> bytes:
-        """Register `call` and queue its message now, or hold it for a connection, or raise
-        ServiceUnavailable when none can be had. Returns its correlation id."""
+    def _submit(self, call: Call, timeout: float) -> bytes:
+        """Register `call` and queue its message to a worker now, or queue it here for one with room, or
+        raise ServiceUnavailable when none can be had. Returns its correlation id."""
         if self._closing:
             raise ServiceUnavailable("the service client is closed")
         msg_id = self.calls.new_id()
-        frames = build(msg_id)
+        assert call.build is not None
+        frames = call.frames = call.build(msg_id)  # built once: sent now, or kept for when it is sent
         size = sum(map(len, frames))
         if size > self.max_message_size:
             raise RequestTooLarge(f"request of {size} bytes exceeds max_message_size {self.max_message_size}")
-        if self.calls.add(msg_id, call, time.monotonic() + timeout):  # before the send: no reply can beat it
+        now = time.monotonic()
+        call.built_at = now
+        if self.calls.add(msg_id, call, now + timeout):  # before the send: no reply can beat it
             self._expiry_changed.set()  # the reaper sleeps until the earliest expiry: wake it sooner
-        if not self._held:  # (else this one must wait its turn: the held ones were sent first)
-            endpoint = self._choose()
-            try:
-                endpoint.channel.send(frames)
-            except zmq.Again:
-                pass  # no usable connection (ZMQ_IMMEDIATE), or its queue is full
-            except zmq.ZMQError as exc:
-                raise self._refuse(msg_id, ServiceUnavailable(f"cannot send to {endpoint.address}: {exc}")) from None
-            else:
-                self._sent(call, endpoint)
-                return msg_id
+        if not self.calls.waiting:  # (else this one must wait its turn: the queued ones go first)
+            worker = self.pool.choose(call.kind == _REQ)
+            if worker is not None:
+                try:
+                    worker.channel.send(frames)  # type: ignore[union-attr]
+                except zmq.Again:
+                    pass  # its queue is full (ZMQ_SNDHWM), or its connection just went
+                except zmq.ZMQError as exc:
+                    raise self._refuse(msg_id, ServiceUnavailable(f"cannot send to {worker.address}: {exc}")) from None
+                else:
+                    self.calls.sent(msg_id, call, worker, now)
+                    self.stats["sent"] += 1
+                    return msg_id
+        self._queue(msg_id, call)
+        return msg_id
+
+    def _queue(self, msg_id: bytes, call: Call) -> None:
+        """Queue a call for a worker with room, or refuse it (raise) when it could not go anywhere soon."""
+        refused = self.pool.refused_reason()
+        if refused is not None:
+            self.calls.pop(msg_id)
+            raise AuthenticationError(f"every worker of {self.pool.describe()} refused our signature: {refused} "
+                                      "(is the passphrase the same on both sides?)")
         if not self.available:
             error = self._refuse(msg_id, self._no_connection(f"for {self.connect_timeout:g}s"))
             if getcurrent() is not get_hub():
                 gevent.sleep(0)  # let the hub read connection events: a retry loop must not starve it
             raise error
-        self._held.append((msg_id, call, build))
-        self.stats["held"] += 1
+        if self.calls.waiting >= self.max_queued:
+            raise self._refuse(msg_id, ServiceUnavailable(
+                f"every worker of {self.pool.describe()} is at capacity and {self.calls.waiting} calls are "
+                f"queued in this client (max_queued={self.max_queued})"))
+        self.calls.hold(msg_id, call)
+        self.stats["queued"] += 1
         if self._flusher is None:
             self._flusher = gevent.spawn(self._flush)
-        return msg_id
-
-    def _sent(self, call: Call, endpoint: Endpoint) -> None:
-        call.endpoint = endpoint
-        endpoint.inflight += 1
-        self.stats["sent"] += 1
 
     def _refuse(self, msg_id: bytes, error: ServiceUnavailable) -> ServiceUnavailable:
         """Forget a call that could not be sent; returns the error to raise."""
@@ -299,111 +313,116 @@ class ServiceClient:
         return error
 
     def _no_connection(self, how_long: str) -> ServiceUnavailable:
-        return ServiceUnavailable(f"no connection to the service at {','.join(self.addresses)} {how_long} "
+        return ServiceUnavailable(f"no connection to the service at {self.pool.describe()} {how_long} "
                                   "(is it running? ZeroMQ keeps trying to connect)")
 
-    def _connect_deadline(self) -> float | None:
-        """When a message waiting for a connection gives up (a time.monotonic() value); None while some
-        address has a usable connection."""
-        latest = 0.0
-        for endpoint in self.endpoints:
-            if endpoint.connected:
-                return None
-            latest = max(latest, endpoint.unconnected_since)
-        return latest + self.connect_timeout
-
     def _flush(self) -> None:
-        """Send the held messages, in order, as a connection (or room in its queue) appears; fail them
-        when the connect timeout runs out with no connection. Alive only while messages are held."""
-        held = self._held
+        """Send the queued calls, in order, as workers have room; fail them when the connect timeout runs out
+        with no connection. Alive only while calls are queued."""
+        calls = self.calls
         try:
-            while held and not self._closed:
-                msg_id, call, build = held[0]
-                if msg_id not in self.calls:  # it timed out or was failed meanwhile
-                    held.popleft()
-                    continue
-                endpoint = self._choose()
-                if not endpoint.channel.writable():  # (this also lets libzmq attach a new connection)
-                    if not self._await_sendable():
+            while not self._closed:
+                first = calls.first_waiting()
+                if first is None:
+                    break
+                msg_id, call = first
+                worker = self.pool.choose(call.kind == _REQ)
+                if worker is None or worker.channel is None or not worker.channel.writable():
+                    if not self._await_room(worker is not None):
                         break
                     continue
                 try:
-                    endpoint.channel.send(build(msg_id))  # built again: a fresh timestamp and number
+                    worker.channel.send(self._frames(msg_id, call))
                 except zmq.Again:
                     continue
                 except zmq.ZMQError as exc:
-                    held.popleft()
+                    calls.pop(msg_id)
                     self.stats["unavailable"] += 1
-                    self._fail(msg_id, ServiceUnavailable(f"cannot send to {endpoint.address}: {exc}"))
+                    self._fail_call(call, ServiceUnavailable(f"cannot send to {worker.address}: {exc}"))
                     continue
-                held.popleft()
-                self._sent(call, endpoint)
-            while held and not self._closed:  # the connect timeout ran out
-                msg_id, _, _ = held.popleft()
-                if msg_id in self.calls:
+                calls.sent(msg_id, call, worker, time.monotonic())
+                self.stats["sent"] += 1
+            while not self._closed:  # no connection came within the connect timeout, or every worker refuses us
+                first = calls.first_waiting()
+                if first is None:
+                    break
+                msg_id, call = first
+                calls.pop(msg_id)
+                refused = self.pool.refused_reason()
+                if refused is not None:
+                    self._fail_call(call, AuthenticationError(
+                        f"every worker of {self.pool.describe()} refused our signature: {refused}"))
+                else:
                     self.stats["unavailable"] += 1
-                    self._fail(msg_id, self._no_connection(f"within {self.connect_timeout:g}s"))
+                    self._fail_call(call, self._no_connection(f"within {self.connect_timeout:g}s"))
         finally:
             self._flusher = None
 
-    def _await_sendable(self) -> bool:
-        """Wait for a reason to try a held message again; False when the connect timeout has run out."""
+    def _await_room(self, connected: bool) -> bool:
+        """Wait for a reason to try a queued call again; False when it cannot go anywhere (no connection for
+        the connect timeout, or every worker refuses our signature)."""
         self._wake.clear()
-        deadline = self._connect_deadline()
-        if deadline is None:  # connected, and its queue is full
-            self._wake.wait(ROOM_POLL)
+        if self.pool.refused_reason() is not None:
+            return False
+        since = self.pool.unconnected_since()
+        if since is None:  # connected: every worker is full, busy or draining, or its queue is full
+            self._wake.wait(ROOM_POLL if connected else None)
             return True
-        remaining = deadline - time.monotonic()
+        remaining = since + self.connect_timeout - time.monotonic()
         if remaining <= 0:
             return False
         self._wake.wait(remaining)
         return True
 
-    def _forget(self, msg_id: bytes) -> None:
-        call = self.calls.pop(msg_id)
-        if call is not None and call.endpoint is not None:
-            call.endpoint.inflight -= 1
+    def _on_ready(self) -> None:
+        if self.calls.waiting:
+            self._wake.set()
 
-    # -- receiving (run in the hub by the endpoint's Channel: nothing here may block) -----------------
+    # -- receiving (run in the hub by the worker's Channel: nothing here may block) -----------------
 
-    def _on_frames(self, endpoint: Endpoint, frames: list[bytes]) -> None:
+    def _on_frames(self, worker: Worker, frames: list[bytes]) -> None:
         try:
             env = envelope.parse_envelope(frames)
         except ProtocolError as err:
             self.stats["malformed"] += 1
-            log.warning("dropped malformed message from %s: %s", endpoint.address, err)
+            log.warning("dropped malformed message from %s: %s", worker.address, err)
             return
-        if env.kind == envelope.REP:
-            self._on_reply(endpoint, env)
-        elif env.kind == envelope.ERR:
-            self._on_rejection(endpoint, env)
-        elif env.kind == envelope.PONG:
-            self._on_pong(endpoint, env)
+        kind = env.kind
+        if kind == envelope.REP:
+            self._on_reply(worker, env)
+        elif kind == envelope.PONG:
+            self._on_pong(worker, env)
+        elif kind == envelope.ERR:
+            self._on_rejection(worker, env)
+        elif kind == envelope.DRAIN:
+            self._on_drain(worker, env)
         else:
             self.stats["malformed"] += 1
-            log.warning("dropped unexpected %r message from %s", env.kind, endpoint.address)
+            log.warning("dropped unexpected %r message from %s", kind, worker.address)
 
-    def _on_reply(self, endpoint: Endpoint, env: envelope.Envelope) -> None:
+    def _on_reply(self, worker: Worker, env: envelope.Envelope) -> None:
         try:
             response = envelope.parse_reply(env, self.signer, now_ms(), self.window_ms)
         except AuthenticationError as err:
             self.stats["forged"] += 1
-            log.warning("dropped reply from %s that failed verification: %s", endpoint.address, err)
+            log.warning("dropped reply from %s that failed verification: %s", worker.address, err)
             return
         except ProtocolError as err:
             self.stats["malformed"] += 1
-            log.warning("malformed reply from %s: %s", endpoint.address, err)
-            self._fail(env.msg_id, ProtocolError(f"the service's reply does not parse: {err}"))
+            log.warning("malformed reply from %s: %s", worker.address, err)
+            self._fail(env.msg_id, worker, ProtocolError(f"the service's reply does not parse: {err}"))
             return
-        call = self.calls.pop(env.msg_id)
+        self.pool.heard(worker)
+        call = self.calls.answer(env.msg_id, worker, _REQ)
         if call is None:
             self.stats["late"] += 1
-            log.warning("dropped late or unknown reply %r for %s (%d %s)", env.msg_id, response.path,
-                        response.status_code, response.status_msg)
+            log.warning("dropped late or unknown reply %r from %s for %s (%d %s)", env.msg_id, worker.address,
+                        response.path, response.status_code, response.status_msg)
             return
-        if call.endpoint is not None:
-            call.endpoint.inflight -= 1
+        worker.latencies.append(time.monotonic() - call.sent_at)
         self.stats["replies"] += 1
+        if self.calls.waiting:
+            self._wake.set()  # its worker has room again
         if call.resolve(response):
             return
         if call.on_reply is not None:
@@ -412,45 +431,82 @@ class ServiceClient:
             log.info("reply to %s (%d %s) has no handler", response.path, response.status_code,
                      response.status_msg)
 
-    def _on_rejection(self, endpoint: Endpoint, env: envelope.Envelope) -> None:
-        # ERR is unsigned: it can only fail a call we are waiting on, never deliver data.
+    def _on_rejection(self, worker: Worker, env: envelope.Envelope) -> None:
+        # ERR is unsigned: it can only fail a call in flight on the connection it came on, never deliver data.
         try:
             header, _ = envelope.parse_control(env, None, now_ms(), self.window_ms)
         except ProtocolError as err:
             self.stats["malformed"] += 1
-            log.warning("malformed ERR from %s: %s", endpoint.address, err)
+            log.warning("malformed ERR from %s: %s", worker.address, err)
             return
-        log.warning("service at %s rejected call %r: %d %s", endpoint.address, env.msg_id, header.status,
+        if env.msg_id.startswith(b"hb-"):  # a heartbeat of ours
+            if header.status == 401:
+                self.pool.refuse(worker, header.msg)
+            return
+        call = self.calls.get(env.msg_id)
+        if call is None or call.worker is not worker:
+            self.stats["late"] += 1
+            log.warning("dropped ERR %d from %s for a call not in flight there: %r", header.status,
+                        worker.address, env.msg_id)
+            return
+        log.warning("service at %s rejected call %r: %d %s", worker.address, env.msg_id, header.status,
                     header.msg)
         error: ServiceError
         if header.status == 401:
-            error = AuthenticationError(f"the service at {endpoint.address} refused our signature: {header.msg} "
+            error = AuthenticationError(f"the service at {worker.address} refused our signature: {header.msg} "
                                         "(is the passphrase the same on both sides?)")
         else:
-            error = ProtocolError(f"the service at {endpoint.address} rejected the request: {header.status} "
+            error = ProtocolError(f"the service at {worker.address} rejected the request: {header.status} "
                                   f"{header.msg}")
-        self._fail(env.msg_id, error)
+        self._fail(env.msg_id, worker, error)
 
-    def _on_pong(self, endpoint: Endpoint, env: envelope.Envelope) -> None:
+    def _on_pong(self, worker: Worker, env: envelope.Envelope) -> None:
         try:
             _, info = envelope.parse_control(env, self.signer, now_ms(), self.window_ms)
         except ServiceError as err:
             self.stats["forged"] += 1
-            log.warning("dropped PONG from %s: %s", endpoint.address, err)
+            log.warning("dropped PONG from %s: %s", worker.address, err)
             return
-        call = self.calls.pop(env.msg_id)
-        if call is None:
-            return
-        if call.endpoint is not None:
-            call.endpoint.inflight -= 1
-        call.resolve(info)
+        self.pool.heard(worker)
+        call = self.calls.answer(env.msg_id, worker, _PING)
+        self.pool.report(worker, info)
+        if call is not None:
+            call.resolve(info)
 
-    def _fail(self, msg_id: bytes, error: BaseException) -> None:
-        call = self.calls.pop(msg_id)
-        if call is None:
+    def _on_drain(self, worker: Worker, env: envelope.Envelope) -> None:
+        try:
+            _, info = envelope.parse_control(env, self.signer, now_ms(), self.window_ms)
+        except ServiceError as err:
+            self.stats["forged"] += 1
+            log.warning("dropped DRAIN from %s: %s", worker.address, err)
             return
-        if call.endpoint is not None:
-            call.endpoint.inflight -= 1
+        self.pool.heard(worker)
+        if not worker.draining:
+            self.stats["drains"] += 1  # (a worker sends one more DRAIN after its last answers: counted once)
+        self.pool.drain_notice(worker, info, env.msg_id)
+
+    def _on_lost(self, worker: Worker) -> None:
+        """Its connection dropped: its calls in flight fail now instead of at their timeouts, or are sent
+        once more elsewhere when idempotent."""
+        resent, failed = self.calls.lose(worker)
+        if resent or failed:
+            log.warning("connection to %s lost with %d calls in flight: %d failed, %d sent again elsewhere",
+                        worker.address, len(resent) + len(failed), len(failed), len(resent))
+        self.stats["lost"] += len(failed)
+        self.stats["resent"] += len(resent)
+        for _, call in failed:
+            self._fail_call(call, ServiceUnavailable(
+                f"connection to the service at {worker.address} lost while {call.path} was in flight"))
+        if resent:
+            self._wake.set()
+            if self._flusher is None and not self._closed:
+                self._flusher = gevent.spawn(self._flush)
+
+    def _fail(self, msg_id: bytes, worker: Worker, error: BaseException) -> None:
+        call = self.calls.get(msg_id)
+        if call is None or call.worker is not worker:
+            return
+        self.calls.pop(msg_id)
         self._fail_call(call, error)
 
     def _fail_call(self, call: Call, error: BaseException) -> None:
@@ -474,26 +530,6 @@ class ServiceClient:
             if self._quiet is not None:
                 self._quiet.set()
 
-    def _on_event(self, endpoint: Endpoint, frames: list[bytes]) -> None:
-        """Track the connection; when it drops, fail its calls now instead of at their timeouts."""
-        event = parse_monitor_message(frames)["event"]
-        if event == USABLE:
-            endpoint.connected = True
-            self._wake.set()
-            log.debug("connected to %s", endpoint.address)
-        elif event == zmq.EVENT_DISCONNECTED:
-            if endpoint.connected:  # (a failed handshake never made it usable: its wait goes on)
-                endpoint.unconnected_since = time.monotonic()
-            endpoint.connected = False
-            lost = self.calls.drain(endpoint)
-            endpoint.inflight = 0
-            if lost:
-                log.warning("connection to %s lost with %d calls in flight", endpoint.address, len(lost))
-            self.stats["lost"] += len(lost)
-            for _, call in lost:
-                self._fail_call(call, ServiceUnavailable(
-                    f"connection to the service at {endpoint.address} lost while {call.path} was in flight"))
-
     def _reap(self) -> None:
         """Fail the calls whose reply did not come in time: a waiting caller gets ServiceTimeout, a
         fire-and-forget call's `on_error` too; the call is forgotten, so a later reply is a late reply."""
@@ -504,16 +540,20 @@ class ServiceClient:
             self._expiry_changed.wait(timeout=wait)
             try:
                 for _, call in self.calls.expire(time.monotonic()):
-                    if call.endpoint is None and self._connect_deadline() is not None:
-                        # Still held, for want of a connection: say so, not that the service was slow.
+                    if call.worker is None and self.pool.unconnected_since() is not None:
+                        # Still queued, for want of a connection: say so, not that the service was slow.
                         self.stats["unavailable"] += 1
                         self._fail_call(call, self._no_connection("before the call's timeout"))
                         continue
-                    if call.endpoint is not None:
-                        call.endpoint.inflight -= 1
                     self.stats["timeouts"] += 1
-                    self._fail_call(call, ServiceTimeout(
-                        f"no reply from {call.path} at {','.join(self.addresses)} in time; call forgotten"))
+                    if call.worker is None:
+                        error = ServiceTimeout(
+                            f"{call.path} waited its whole timeout in this client's queue: no worker of "
+                            f"{self.pool.describe()} had room (all at capacity, busy or draining); call forgotten")
+                    else:
+                        error = ServiceTimeout(f"no reply from {call.path} at {call.worker.address} in time; "
+                                               "call forgotten")
+                    self._fail_call(call, error)
             except Exception:  # the reaper is what guarantees no call waits forever: it must not die
                 log.exception("failed to expire calls")
 
@@ -531,14 +571,10 @@ class ServiceClient:
             self._settle(limit)
         self._closed = True
         self._wake.set()
-        self._held.clear()
         for _, call in self.calls.drain():
             self._fail_call(call, ServiceUnavailable("the service client was closed"))
-        for endpoint in self.endpoints:
-            endpoint.socket.disable_monitor()
-            endpoint.monitor.close(linger=0)
-            endpoint.channel.close(linger=0)
-        greenlets = [*self._greenlets, *([self._flusher] if self._flusher is not None else [])]
+        self.pool.close()
+        greenlets = [self._reaper, *([self._flusher] if self._flusher is not None else [])]
         gevent.killall(greenlets, block=False)
         self._callbacks.close()
         if self._own_context:

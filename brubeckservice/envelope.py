@@ -3,10 +3,11 @@
 Every message is one ZeroMQ multipart message of six frames (after the routing frames a ROUTER adds)::
 
     0 marker   b"BRS1"                         protocol name and version
-    1 kind     b"REQ" | b"REP" | b"PING" | b"PONG" | b"ERR"
+    1 kind     b"REQ" | b"REP" | b"PING" | b"PONG" | b"DRAIN" | b"ERR"
     2 id       1..64 bytes                     correlation id, chosen by the caller, echoed in the answer
     3 header   JSON object (UTF-8)             ts (ms since epoch) and the kind's fields
-    4 body     JSON                            REQ: the arguments object; REP: the payload
+    4 body     JSON                            REQ: the arguments object; REP: the payload; PING, PONG
+                                               and DRAIN: an object (empty for ERR)
     5 mac      32 bytes                        HMAC-SHA256 over frames 0-4 (see signing.py); empty for ERR
 
 Nothing here reads a clock or touches a socket: callers pass `now_ms` in and send the frames themselves.
@@ -24,8 +25,8 @@ from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import ReplayGuard, Signer, outside_window
 
 MARKER = b"BRS1"
-REQ, REP, PING, PONG, ERR = b"REQ", b"REP", b"PING", b"PONG", b"ERR"
-KINDS = frozenset({REQ, REP, PING, PONG, ERR})
+REQ, REP, PING, PONG, DRAIN, ERR = b"REQ", b"REP", b"PING", b"PONG", b"DRAIN", b"ERR"
+KINDS = frozenset({REQ, REP, PING, PONG, DRAIN, ERR})
 FRAMES = 6
 MAX_ID_SIZE = 64
 
@@ -52,7 +53,7 @@ class ReplyHeader(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class ControlHeader(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """PING, PONG and ERR headers: a timestamp, and for ERR/PONG a status and message."""
+    """PING, PONG, DRAIN and ERR headers: a timestamp, and for ERR a status and message."""
 
     ts: int
     status: int = 200
@@ -109,12 +110,19 @@ def build_reply(signer: Signer, msg_id: bytes, response: ServiceResponse, now_ms
     return _seal(signer, REP, msg_id, _encode(header), _encode(response.body))
 
 
-def build_ping(signer: Signer, msg_id: bytes, now_ms: int) -> list[bytes]:
-    return _seal(signer, PING, msg_id, _encode(ControlHeader(ts=now_ms)), b"{}")
+def build_ping(signer: Signer, msg_id: bytes, now_ms: int, body: dict[str, Any] | None = None) -> list[bytes]:
+    """A signed PING; `body` is `{}` unless given, e.g. `{"drain_ack": True}` once the worker sent DRAIN."""
+    return _seal(signer, PING, msg_id, _encode(ControlHeader(ts=now_ms)), b"{}" if body is None else _encode(body))
 
 
 def build_pong(signer: Signer, msg_id: bytes, now_ms: int, info: dict[str, Any]) -> list[bytes]:
+    """A signed PONG: `info` describes the worker (inflight, queued, capacity, ...: docs/protocol.md §4)."""
     return _seal(signer, PONG, msg_id, _encode(ControlHeader(ts=now_ms)), _encode(info))
+
+
+def build_drain(signer: Signer, msg_id: bytes, now_ms: int, info: dict[str, Any]) -> list[bytes]:
+    """A signed DRAIN: this worker is about to stop; `info` is `{"grace": seconds, "inflight": n}`."""
+    return _seal(signer, DRAIN, msg_id, _encode(ControlHeader(ts=now_ms)), _encode(info))
 
 
 def build_error(msg_id: bytes, status: int, msg: str, now_ms: int) -> list[bytes]:
@@ -204,7 +212,7 @@ def parse_reply(envelope: Envelope, signer: Signer, now_ms: int, window_ms: int)
 
 def parse_control(envelope: Envelope, signer: Signer | None, now_ms: int,
                  window_ms: int) -> tuple[ControlHeader, Any]:
-    """The header and body of a PING, PONG (signed: pass the signer) or ERR (unsigned: pass None)."""
+    """The header and body of a PING, PONG, DRAIN (signed: pass the signer) or ERR (unsigned: pass None)."""
     if signer is not None:
         _authenticate(envelope, signer)
     try:

@@ -55,6 +55,22 @@ class ServiceUnavailable(ServiceError):
     status_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class ResolutionError(ServiceUnavailable):
+    """A DNS name in a service address could not be resolved (brubeckservice.discovery). `reason` says why:
+    "NXDOMAIN" (no such name), "no answer" (no record of that type), "timeout" (no server answered in time)
+    "server failure" (the servers answered SERVFAIL, REFUSED...) or "failed" (anything else, such as a
+    malformed name); `detail` may add to it."""
+
+    def __init__(self, name: str, rdtype: str, reason: str, server: str, detail: str = "") -> None:
+        self.name = name
+        self.rdtype = rdtype
+        self.reason = reason
+        self.server = server
+        self.detail = detail
+        super().__init__(f"cannot resolve {name} ({rdtype}): {reason}{': ' + detail if detail else ''} "
+                         f"(asked {server})")
+
+
 class AuthenticationError(ServiceError):
     """The service rejected our signature (wrong passphrase), or a message failed verification."""
 

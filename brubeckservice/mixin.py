@@ -1,13 +1,15 @@
 """`ServiceClientMixin`: service calls from a Brubeck web handler, with the 2013 API.
 
 Clients are cached per application (`application.extensions["brubeckservice"]`), so `register_service` is
-idempotent and a connection is shared by all requests of one app, never by two apps. Every reply, sync or
-not, is routed through the *client* app's own handlers by path and METHOD, exactly once.
+idempotent and a connection is shared by all requests of one app, never by two apps. Each client is closed
+by the app's `close()` (which `run()` ends with), through its `on_close` hooks. Every reply, sync or not,
+is routed through the *client* app's own handlers by path and METHOD, exactly once.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from brubeck.types import Application
@@ -41,7 +43,8 @@ class ServiceClientMixin:
 
     def register_service(self, service_addr: str, service_response_addr: str | None = None,
                          passphrase: str | bytes = "", **options: Any) -> ServiceClient:
-        """Connect this application to a service once; later calls return the same client.
+        """Connect this application to a service once; later calls return the same client, and the
+        application's `close()` closes it.
 
         Options go to `ServiceClient`: e.g. `timeout`, how long a call to this service waits for its reply
         (else the app's `service_timeout` setting, else 30 s), and `connect_timeout`, how long a call waits
@@ -56,6 +59,10 @@ class ServiceClientMixin:
             client = ServiceClient(service_addr, service_response_addr, passphrase,
                                    on_reply=lambda response: handle_reply(app, response), **options)
             services[service_addr] = client
+            # Brubeck apps take close hooks; an Application of another kind closes its clients itself.
+            on_close: Callable[[Callable[[], object]], object] | None = getattr(app, "on_close", None)
+            if on_close is not None:
+                on_close(client.close)
             log.info("registered service at %s", service_addr)
         return client
 

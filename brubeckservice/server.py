@@ -1,4 +1,4 @@
-"""`ServiceConnection`: the transport that makes a Brubeck app a service.
+"""`ServiceConnection`: the transport that makes a Brubeck app a service (one *worker* of it).
 
 It binds a ROUTER at `service_addr`. Each message is checked (shape, signature, age, replay) before any of
 it is trusted; each request then runs in a worker greenlet of its own through the app's routes (by path
@@ -6,12 +6,26 @@ and METHOD), and the handler's `ServiceResponse` goes back to the caller's conne
 correlation id (waiting for room, up to the request's deadline, when the caller reads slowly). Bad input
 never stops the loop: a malformed message is dropped (answered with ERR when it carries an id), a forged
 one is refused with an unsigned ERR 401, and both are counted in `stats` and logged.
+
+Many workers (docs/protocol.md §8): at most `capacity` requests run at once and up to `max_queued` more
+wait in arrival order, while PINGs go on being answered with the load (`inflight`, `queued`,
+`capacity`); past that, ZeroMQ's queues hold the rest. libzmq's own heartbeats run on the socket. The
+connection remembers which clients it heard from lately, so that `drain()` can tell each of them it is
+about to stop (`DRAIN`) and wait until its calls are answered and each client has acknowledged or gone
+quiet; a client sent answers after its DRAIN is sent one more, so that its acknowledgement shows it has
+read them (a client with ZMQ_IMMEDIATE set loses unread messages when the connection closes).
+A supervisor running several workers of one app names each one's address and the whole set through
+the environment (`BRUBECK_SERVICE_BIND`, `BRUBECK_SERVICE_WORKERS`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import os
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -20,8 +34,9 @@ from gevent.event import Event
 from gevent.hub import get_hub
 from greenlet import getcurrent
 
+from brubeck import __version__
 from brubeck.errors import ConfigurationError
-from brubeck.transports.channel import Channel, Pump, serve_with_workers
+from brubeck.transports.channel import Channel, Pump
 from brubeckservice import envelope
 from brubeckservice.addresses import (
     describe_process,
@@ -49,50 +64,139 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("brubeckservice.server")
 
+#: The address this worker binds instead of the app's `service_addr` (set by a supervisor of N workers).
+BIND_ENV = "BRUBECK_SERVICE_BIND"
+#: Every worker address of this service on this host, comma-separated: what PONG lists as `workers`.
+WORKERS_ENV = "BRUBECK_SERVICE_WORKERS"
+#: How many requests run at once when neither `capacity` nor the app's pool size says.
+DEFAULT_CAPACITY = 100
+#: Clients remembered at most (for DRAIN); past it, the one heard from least recently is forgotten.
+MAX_CLIENTS = 10_000
+
+#: A client connection, as the ROUTER names it: the routing frames it prefixes to that client's messages.
+Peer = tuple[bytes, ...]
+
+
+@dataclass(slots=True)
+class Told:
+    """A client sent DRAIN: the last one's id, how many it was sent and acknowledged, and whether it is
+    settled ("acked" or "silent") or yet to be ("")."""
+
+    last_id: str = ""
+    sent: int = 0
+    acked: int = 0
+    settled: str = ""
+
 
 class ServiceConnection:
     """`ServiceConnection(service_addr, service_response_addr, passphrase)`: pass as a Brubeck `msg_conn`.
 
     `service_response_addr` is kept for compatibility with the 2013 API; protocol v1 answers on the
     request connection (docs/protocol.md), so it is not bound.
+
+    Keyword arguments:
+
+    - `capacity`: how many requests run at once. None: the app's pool size when it has one
+      (`Brubeck(pool=Pool(n))`), else 100. Use 1 for a CPU-bound handler.
+    - `max_queued`: how many requests accepted beyond `capacity` may wait, first in first out (reported
+      as `queued`; 0 is taken as 1). Once that many wait the socket is not read, so ZeroMQ's queues push
+      back on the callers; PINGs are then not answered either, until a queued request has started.
+    - `drain_grace`: how long `drain()` waits at most, in seconds (30).
+    - `heartbeat`: the heartbeat interval in seconds (0.5). libzmq's heartbeats use it with a timeout of
+      twice that and a TTL of six times that; a client silent for the TTL is forgotten.
+    - `bind`: the address to bind instead of `service_addr`; else $BRUBECK_SERVICE_BIND; else
+      `service_addr`. `service_addr` is then the address bound, `configured_addr` the one given.
+    - `workers`: every worker address of this service on this host, listed in PONG; else
+      $BRUBECK_SERVICE_WORKERS (comma-separated); else none (and PONG has no `workers`).
     """
 
     base_handler: type[ServiceMessageHandler] = ServiceMessageHandler
 
     def __init__(self, service_addr: str, service_response_addr: str | None = None, passphrase: str | bytes = "",
                  *, context: zmq.Context[zmq.Socket[bytes]] | None = None, window_ms: int = 30_000,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
-        self.service_addr = service_addr
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, capacity: int | None = None,
+                 max_queued: int = 1000, drain_grace: float = 30.0, heartbeat: float = 0.5,
+                 bind: str | None = None, workers: Sequence[str] | None = None) -> None:
+        if capacity is not None and capacity < 1:
+            raise ConfigurationError(f"capacity must be at least 1, got {capacity}")
+        if max_queued < 0:
+            raise ConfigurationError(f"max_queued must be 0 or more, got {max_queued}")
+        if heartbeat <= 0 or drain_grace < 0:
+            raise ConfigurationError(f"heartbeat must be positive and drain_grace not negative, got {heartbeat} "
+                                     f"and {drain_grace}")
+        self.configured_addr = service_addr
+        self.service_addr = self._bind_address(service_addr, bind)
         self.service_response_addr = service_response_addr
+        self.workers = list(workers) if workers is not None else _split(os.environ.get(WORKERS_ENV, ""))
         self.signer = Signer(passphrase)
         self.guard = ReplayGuard(window_ms)
         self.window_ms = window_ms
         self.stats: Counter[str] = Counter()
         self.inflight = 0
+        self._capacity = capacity
+        self.capacity = capacity if capacity is not None else DEFAULT_CAPACITY  # settled by process_messages
+        self.max_queued = max_queued
+        self.drain_grace = drain_grace
+        self.heartbeat = heartbeat
+        self.heartbeat_ttl = 6 * heartbeat
+        self._started = time.monotonic()
         self._own_context = context is None
         self.context = context if context is not None else zmq.Context()
-        self.socket = self.context.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 1000)
-        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished caller is an error we log
-        self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_size)
-        self.socket.setsockopt(zmq.SNDHWM, 10_000)  # replies queued per caller before it must read
-        try:
-            self._bind(service_addr)
-        except BaseException:
-            self.socket.close(linger=0)
-            if self._own_context:
-                self.context.term()
-            raise
+        self.socket = self._open(max_message_size)
         self.channel = Channel(self.socket)
-        self._ipc_inode = ipc_inode(service_addr)
+        self._ipc_inode = ipc_inode(self.service_addr)
         self._closed = False
         self._stopped = Event()
         self._pump: Pump[ServiceRequest] | None = None
+        #: Clients by the monotonic time they were last heard from, least recent first.
+        self._clients: OrderedDict[Peer, float] = OrderedDict()
+        self.draining = False
+        self._drained = Event()
+        self._progress = Event()  # set when a call finishes, a client acknowledges, or we close (drain waits)
+        self._told: dict[Peer, Told] = {}  # the clients sent DRAIN
+        self._unread: set[Peer] = set()  # told, and sent answers since their last DRAIN
+        self._drains_sent = 0
+        self._give_up = 0.0  # when the drain's grace period ends (monotonic)
 
     def __repr__(self) -> str:
         return f"ServiceConnection({self.service_addr!r})"
 
-    def _bind(self, address: str) -> None:
+    def _open(self, max_message_size: int) -> zmq.Socket[bytes]:
+        """The ROUTER, configured and bound (or nothing left open, and the error raised)."""
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished caller is an error we log
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_size)
+        sock.setsockopt(zmq.SNDHWM, 10_000)  # replies queued per caller before it must read
+        # libzmq answers these in its I/O thread, so a handler holding the CPU keeps its connections.
+        interval_ms = round(self.heartbeat * 1000)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 2 * interval_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, 6 * interval_ms)
+        try:
+            self._bind(sock, self.service_addr)
+        except BaseException:
+            sock.close(linger=0)
+            if self._own_context:
+                self.context.term()
+            raise
+        return sock
+
+    @staticmethod
+    def _bind_address(service_addr: str, bind: str | None) -> str:
+        if bind:
+            return bind
+        from_env = os.environ.get(BIND_ENV, "").strip()
+        if from_env and from_env != service_addr:
+            log.info("binding %s (%s) instead of %s", from_env, BIND_ENV, service_addr)
+        return from_env or service_addr
+
+    @property
+    def queued(self) -> int:
+        """Requests accepted that wait for a free slot."""
+        return self._pump.queued if self._pump is not None else 0
+
+    def _bind(self, sock: zmq.Socket[bytes], address: str) -> None:
         """Bind, unless a live process serves `address` already (`AddressInUse`); a stale ipc socket file
         left by a dead process is reclaimed."""
         if address.startswith("ipc://"):
@@ -106,7 +210,7 @@ class ServiceConnection:
             if ipc_inode(address) is not None:
                 log.info("reclaiming %s: its socket file was left by a process that is gone", address)
         try:
-            self.socket.bind(address)
+            sock.bind(address)
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EADDRINUSE:
                 pid = tcp_listener_pid(address) if address.startswith("tcp://") else None
@@ -117,15 +221,19 @@ class ServiceConnection:
 
     def process_messages(self, application: Application) -> None:
         """Serve until `close()`: each request runs in a worker greenlet of its own (see
-        brubeck.transports.channel), at most the app's pool size at once."""
-        self._pump = serve_with_workers(application, self.channel, self.accept,
-                                        lambda request: self.answer(application, request), log)
+        brubeck.transports.channel), at most `capacity` at once."""
+        if self._capacity is None:
+            pool_size = application.pool.size if application.pool is not None else None
+            self.capacity = pool_size if pool_size else DEFAULT_CAPACITY
+        self._pump = Pump(self.channel, self.accept, lambda request: self.answer(application, request),
+                          self.capacity, log, max_queued=self.max_queued)
         self._stopped.wait()
 
     def accept(self, frames: list[bytes]) -> ServiceRequest | None:
         """Check one received message; return the request to serve, or None when it was dealt with here."""
         try:
             routing, body = envelope.split_routing(frames)
+            self._heard(tuple(routing))
             env = envelope.parse_envelope(body)
         except ProtocolError as err:
             self.stats["malformed"] += 1
@@ -186,14 +294,52 @@ class ServiceConnection:
     def _pong(self, routing: list[bytes], env: envelope.Envelope) -> None:
         now = now_ms()
         try:
-            envelope.parse_control(env, self.signer, now, self.window_ms)
+            _, body = envelope.parse_control(env, self.signer, now, self.window_ms)
         except (AuthenticationError, ProtocolError) as err:
             self.stats["forged"] += 1
             log.warning("refused PING on %s: %s", self.service_addr, err)
             self._send(routing, envelope.build_error(env.msg_id, 401, str(err), now))
             return
-        info = {"inflight": self.inflight, "served": self.stats["served"], "stats": dict(self.stats)}
-        self._send(routing, envelope.build_pong(self.signer, env.msg_id, now, info))
+        if self.draining and isinstance(body, dict) and "drain_ack" in body:
+            self._acknowledged(tuple(routing), body["drain_ack"])
+        self._send(routing, envelope.build_pong(self.signer, env.msg_id, now, self.describe()))
+
+    def describe(self) -> dict[str, Any]:
+        """What PONG says of this worker (docs/protocol.md §4)."""
+        info: dict[str, Any] = {
+            "inflight": self.inflight, "queued": self.queued, "capacity": self.capacity, "draining": self.draining,
+            "served": self.stats["served"], "uptime": round(time.monotonic() - self._started, 3),
+            "version": __version__,
+        }
+        if self.workers:
+            info["workers"] = self.workers
+        info["stats"] = dict(self.stats)
+        return info
+
+    # -- clients heard from, for DRAIN ----------------------------------------------------------------
+
+    def _heard(self, peer: Peer) -> None:
+        """Note that `peer` just sent something (anything counts); forget those silent for the TTL."""
+        now = time.monotonic()
+        clients = self._clients
+        if peer in clients:
+            clients.move_to_end(peer)
+        clients[peer] = now
+        if len(clients) > MAX_CLIENTS:
+            clients.popitem(last=False)
+        oldest = now - self.heartbeat_ttl
+        while clients:  # least recent first: stop at the first one heard from lately (at worst `peer`)
+            first, when = next(iter(clients.items()))
+            if when >= oldest:
+                break
+            del clients[first]
+        if self.draining and peer not in self._told and not self._drained.is_set():
+            self._tell(peer, now)  # it came after the drain began: it must learn it too
+
+    def clients(self) -> list[Peer]:
+        """The clients heard from within the heartbeat TTL, least recently heard first."""
+        oldest = time.monotonic() - self.heartbeat_ttl
+        return [peer for peer, when in self._clients.items() if when >= oldest]
 
     # -- serving ------------------------------------------------------------------------------------
 
@@ -210,6 +356,8 @@ class ServiceConnection:
             log.exception("failed to serve %s %s", request.method, request.path)
         finally:
             self.inflight -= 1
+            if self.draining:
+                self._progress.set()
 
     def reply(self, message: Any, response: Any) -> None:
         """Send `response` to the caller of `message` (a handler may call this later itself)."""
@@ -229,6 +377,8 @@ class ServiceConnection:
         waits for room until the request's deadline (its caller has given up by then); the hub, which
         must not wait, drops. A caller that is gone (EHOSTUNREACH) is not waited for."""
         message = [*routing, *frames]
+        if self.draining and frames[1] != envelope.PONG:
+            self._unread.add(tuple(routing))  # (see _await_settled)
         pause = 0.001
         while True:
             try:
@@ -246,14 +396,126 @@ class ServiceConnection:
         self.stats["undeliverable"] += 1
         log.warning("could not deliver on %s, dropped: %s", self.service_addr, err)
 
+    # -- draining -------------------------------------------------------------------------------------
+
+    def drain(self, grace: float | None = None) -> None:
+        """Stop in order (docs/protocol.md, DRAIN); blocks the calling greenlet, then the caller closes.
+
+        Sends DRAIN to every client heard from within the heartbeat TTL (and to any that turns up later),
+        goes on serving every request that arrives, and returns once nothing is running or queued and each
+        client told has acknowledged (a PING with `{"drain_ack": true}`, or naming the DRAIN's id) or been
+        silent for the TTL; or when `grace` seconds (default `drain_grace`) have passed, or when the
+        connection is closed meanwhile. A client answered after its DRAIN gets a last one once nothing
+        runs, and must acknowledge that too.
+        """
+        if self._closed:
+            return
+        if self.draining:  # drained, or another greenlet is draining: wait for that one
+            self._drained.wait()
+            return
+        started = time.monotonic()
+        give_up = self._give_up = started + (self.drain_grace if grace is None else grace)
+        self.draining = True
+        for peer in self.clients():
+            self._tell(peer, started)
+        log.info("draining %s: told %d clients; %d calls in flight, %d queued", self.service_addr,
+                 len(self._told), self.inflight, self.queued)
+        try:
+            self._await_settled(give_up)
+        finally:
+            self._drained.set()
+        how = Counter(told.settled for told in self._told.values())
+        log.info("drained %s in %.2fs: %d clients acknowledged, %d went silent", self.service_addr,
+                 time.monotonic() - started, how["acked"], how["silent"])
+
+    def _await_settled(self, give_up: float) -> None:
+        while True:
+            self._progress.clear()
+            now = time.monotonic()
+            if self._closed:
+                log.warning("drain of %s cut short by close: %d calls still running, %d queued",
+                            self.service_addr, self.inflight, self.queued)
+                return
+            wake = give_up
+            for peer, told in self._told.items():
+                if not told.settled:
+                    last = self._clients.get(peer)
+                    if last is None or now - last > self.heartbeat_ttl:
+                        told.settled = "silent"
+                    else:
+                        wake = min(wake, last + self.heartbeat_ttl)
+            idle = self.inflight == 0 and self.queued == 0
+            if idle and self._unread:
+                # A client that set ZMQ_IMMEDIATE (as §1 advises) loses what it has not read yet when the
+                # connection closes, so answers sent since its DRAIN may still be lost. One more DRAIN after
+                # them, acknowledged, shows they were read (one connection keeps its order).
+                unread, self._unread = self._unread, set()
+                for peer in unread:
+                    if peer in self._told:
+                        self._tell(peer, now)
+                continue
+            unsettled = sum(not told.settled for told in self._told.values())
+            if idle and not unsettled:
+                return
+            if now >= give_up:
+                log.warning("drain of %s: the grace period ended with %d calls still running, %d queued and %d "
+                            "clients yet to acknowledge; closing anyway", self.service_addr, self.inflight,
+                            self.queued, unsettled)
+                return
+            self._progress.wait(max(0.0, wake - now) + 0.001)  # (just past a TTL, not just before it)
+
+    def _tell(self, peer: Peer, now: float) -> None:
+        """Send DRAIN to one client, which then has to settle (unless it is gone already)."""
+        self._drains_sent += 1
+        drain_id = f"drain-{self._drains_sent}"
+        info = {"grace": round(max(0.0, self._give_up - now), 3), "inflight": self.inflight}
+        frames = envelope.build_drain(self.signer, drain_id.encode(), now_ms(), info)
+        told = self._told.get(peer)
+        try:
+            self.channel.send([*peer, *frames])
+        except zmq.Again:
+            # Its queue is full: no DRAIN, so no acknowledgement; it settles by going silent (or the grace
+            # period ends).
+            log.warning("could not send DRAIN to %r on %s: its queue is full", peer, self.service_addr)
+        except zmq.ZMQError as err:  # EHOSTUNREACH: it is gone, nothing to wait for
+            log.debug("no DRAIN for %r on %s: %s", peer, self.service_addr, err)
+            if told is not None and not told.settled:
+                told.settled = "silent"
+            return
+        if told is None:
+            told = self._told[peer] = Told()
+        told.last_id, told.sent, told.settled = drain_id, told.sent + 1, ""
+
+    def _acknowledged(self, peer: Peer, ack: object) -> None:
+        """A PING's `drain_ack`: the id of the DRAIN it acknowledges, or `true` (docs/protocol.md §4), which
+        settles the client once it has acknowledged each DRAIN it was sent."""
+        told = self._told.get(peer)
+        if told is None or told.settled:
+            return
+        if ack is True:
+            told.acked += 1
+            done = told.acked >= told.sent
+        else:
+            done = ack == told.last_id
+        if done:
+            told.settled = "acked"
+            self._progress.set()
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._progress.set()  # a drain in progress returns
         self._stopped.set()
         if self._pump is not None:
             self._pump.close()
-        self.channel.close(linger=0)
+        # Answers already sent (the last ones of a drain) get a second to leave; linger 0 would drop them.
+        self.channel.close(linger=1000)
         remove_ipc(self.service_addr, self._ipc_inode)
         if self._own_context:
             self.context.term()
+
+
+def _split(addresses: str) -> list[str]:
+    return [address.strip() for address in addresses.split(",") if address.strip()]
+

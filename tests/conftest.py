@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from brubeck.testing import Mongrel2Server, mongrel2_available
+from brubeck.testing import Mongrel2Server, dnsmasq_available, mongrel2_available
 
 
 @pytest.fixture
@@ -16,6 +16,17 @@ def mongrel2_required() -> None:
     if mongrel2_available():
         return
     reason = "mongrel2 and m2sh are not on PATH (apt-get install mongrel2-core)"
+    if "CI" in os.environ:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def dnsmasq_required() -> None:
+    """Skip without dnsmasq, but fail instead when ``CI`` is set: CI must run these."""
+    if dnsmasq_available():
+        return
+    reason = "dnsmasq is not installed (apt-get install dnsmasq-base)"
     if "CI" in os.environ:
         pytest.fail(reason)
     pytest.skip(reason)

@@ -232,33 +232,52 @@ class Pump(Generic[T]):
     """Messages from a channel, turned into items by `accept`, handled by workers, with backpressure.
 
     `accept(frames)` runs in the hub and returns the item to handle, or None when it dealt with the
-    message itself (answered an error, ignored a notice). With a `limit`, the channel is paused while that
-    many items are being handled, and resumed as workers free up, so excess load waits in ZeroMQ's queue.
+    message itself (answered an error, answered a PING, ignored a notice). With a `limit`, at most that many
+    items are handled at once; items accepted beyond it wait in the pump's own queue (`queued`), first in
+    first out, while the channel keeps delivering, so messages that `accept` answers itself are still
+    answered at full load. Once `max_queued` items wait the channel is paused, so further load waits in
+    ZeroMQ's queue (and, past its high-water mark, at the sender); it resumes when one of them has started.
+    The default, 0, pauses as soon as one item has to wait (it was read, so it waits here, alone).
     """
 
     def __init__(self, channel: Channel, accept: Callable[[list[bytes]], T | None], handle: Callable[[T], None],
-                 limit: int | None = None, log: logging.Logger | None = None) -> None:
+                 limit: int | None = None, log: logging.Logger | None = None, *, max_queued: int = 0) -> None:
         self.channel = channel
         self._accept = accept
         self._held: deque[T] = deque()
+        self.max_queued = max_queued
+        self._room = max(1, max_queued)  # items that may wait before the channel is paused
         self._loop = get_hub().loop
         self.workers: Workers[T] = Workers(handle, limit, self._freed, log)
         channel.start(self._on_message)
 
+    @property
+    def queued(self) -> int:
+        """Items accepted that wait for a free worker."""
+        return len(self._held)
+
     def _on_message(self, frames: list[bytes]) -> None:
         item = self._accept(frames)
-        if item is not None and not self.workers.dispatch(item):
+        if item is None:
+            return
+        # Behind waiting items even when a worker is free this instant: arrival order is kept.
+        if self._held or not self.workers.dispatch(item):
             self._held.append(item)
-            self.channel.pause()
+            if len(self._held) >= self._room:
+                self.channel.pause()
 
     def _freed(self) -> None:
         if self._held:
             self._loop.run_callback(self._release)
 
     def _release(self) -> None:
-        while self._held and self.workers.dispatch(self._held[0]):
-            self._held.popleft()
-        if not self._held:
+        held = self._held
+        while held:
+            item = held.popleft()  # off the queue before it runs: `queued` never counts a running item
+            if not self.workers.dispatch(item):
+                held.appendleft(item)
+                break
+        if len(held) < self._room:
             self.channel.resume()
 
     def close(self) -> None:
@@ -266,8 +285,11 @@ class Pump(Generic[T]):
 
 
 def serve_with_workers(application: Application, channel: Channel, accept: Callable[[list[bytes]], T | None],
-                       handle: Callable[[T], None], log: logging.Logger) -> Pump[T]:
-    """A `Pump` for a Brubeck application: at most the app's pool size (`Brubeck(pool=Pool(n))`) of
-    requests are handled at once, the rest wait in ZeroMQ's queue meanwhile."""
-    limit = application.pool.size if application.pool is not None else None
-    return Pump(channel, accept, handle, limit, log)
+                       handle: Callable[[T], None], log: logging.Logger, *, limit: int | None = None,
+                       max_queued: int = 0) -> Pump[T]:
+    """A `Pump` for a Brubeck application: at most `limit` requests, by default the app's pool size
+    (`Brubeck(pool=Pool(n))`), are handled at once; up to `max_queued` more wait in the pump (default none),
+    the rest in ZeroMQ's queue."""
+    if limit is None and application.pool is not None:
+        limit = application.pool.size
+    return Pump(channel, accept, handle, limit, log, max_queued=max_queued)

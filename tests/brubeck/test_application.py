@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+from collections.abc import Callable
 from typing import Any
 
+import gevent
 import msgspec
 import pytest
+from gevent.event import Event
 
 from brubeck.application import Brubeck
 from brubeck.errors import ConfigurationError, HTTPError
@@ -155,6 +160,163 @@ def test_run_serves_the_connection_and_closes_it_when_serving_ends() -> None:
     app.run()
     assert connection.served == [app]
     assert connection.closed == 1
+
+
+# -- closing in order -------------------------------------------------------------------------------------
+
+class BlockingConnection(RecordingConnection):
+    """Serves until closed, noting in `events` what happens to it, as a real transport would; with
+    `drainable`, it also has a `drain()` that runs until `drain_may_end` is set or it is closed."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+        self.serving = Event()
+        self.stopped = Event()
+        self.drain_started = Event()
+        self.drain_may_end = Event()
+
+    def process_messages(self, application: Application) -> None:
+        self.served.append(application)
+        self.serving.set()
+        self.stopped.wait()
+
+    def close(self) -> None:
+        self.events.append("close")
+        super().close()
+        self.stopped.set()
+        self.drain_may_end.set()  # as ServiceConnection.close() ends a drain
+
+
+class DrainableConnection(BlockingConnection):
+    def drain(self) -> None:
+        self.events.append("drain")
+        self.drain_started.set()
+        self.drain_may_end.wait()
+        self.events.append("drained")
+
+
+def test_close_closes_the_connection_then_runs_the_hooks_newest_first_once() -> None:
+    events: list[str] = []
+    connection = BlockingConnection(events)
+    app = Brubeck(msg_conn=connection)
+    app.on_close(lambda: events.append("first registered"))
+
+    @app.on_close
+    def second() -> None:
+        events.append("second registered")
+
+    assert callable(second)  # on_close gives the function back, so it decorates
+    app.close()
+    app.close()
+    assert events == ["close", "second registered", "first registered"]
+    assert connection.closed == 1
+
+
+def test_a_failing_close_hook_is_logged_and_the_others_still_run(caplog: pytest.LogCaptureFixture) -> None:
+    events: list[str] = []
+    app = Brubeck(msg_conn=BlockingConnection(events))
+    app.on_close(lambda: events.append("still run"))
+
+    def broken() -> None:
+        raise RuntimeError("hook broke")
+
+    app.on_close(broken)
+    with caplog.at_level(logging.ERROR, logger="brubeck.application"):
+        app.close()
+    assert events == ["close", "still run"]
+    assert "close hook" in caplog.text
+    assert "hook broke" in caplog.text
+
+
+def test_a_hook_registered_after_close_runs_at_once() -> None:
+    events: list[str] = []
+    app = Brubeck(msg_conn=BlockingConnection(events))
+    app.close()
+    app.on_close(lambda: events.append("late hook"))
+    assert events == ["close", "late hook"]
+
+
+def test_run_returns_once_a_close_from_elsewhere_has_run_its_hooks() -> None:
+    events: list[str] = []
+    connection = BlockingConnection(events)
+    app = Brubeck(msg_conn=connection)
+    hook_started, hook_may_end = Event(), Event()
+
+    def slow_hook() -> None:
+        events.append("hook started")
+        hook_started.set()
+        hook_may_end.wait()
+        events.append("hook done")
+
+    def release_the_hook() -> None:
+        hook_started.wait()
+        events.append("released")
+        hook_may_end.set()
+
+    app.on_close(slow_hook)
+
+    def close_when_serving() -> None:
+        connection.serving.wait()
+        app.close()
+
+    closer = gevent.spawn(close_when_serving)
+    gevent.spawn(release_the_hook)
+    app.run()  # serving ends as the other greenlet closes the app; run() waits for its hooks
+    assert events == ["close", "hook started", "released", "hook done"]
+    closer.get()
+    assert connection.closed == 1  # run()'s own close() found the app closed
+
+
+def run_with_signals(connection: BlockingConnection, *signals: signal.Signals,
+                     between: Callable[[], object] = lambda: None) -> None:
+    """`app.run()` in this (the main) thread, with `signals` sent to this process once it serves, and
+    `between()` called after the first one."""
+    app = Brubeck(msg_conn=connection)
+    app.on_close(lambda: connection.events.append("hook"))
+
+    def send() -> None:
+        connection.serving.wait()  # run() has installed its handlers by then
+        os.kill(os.getpid(), signals[0])
+        between()
+        for signum in signals[1:]:
+            os.kill(os.getpid(), signum)
+
+    sender = gevent.spawn(send)
+    app.run()
+    sender.get()
+
+
+def test_sigterm_drains_a_connection_that_can_then_closes() -> None:
+    events: list[str] = []
+    connection = DrainableConnection(events)
+
+    def drain_runs_unclosed() -> None:
+        connection.drain_started.wait()
+        assert events == ["drain"]  # the connection is still open while it drains
+        connection.drain_may_end.set()
+
+    run_with_signals(connection, signal.SIGTERM, between=drain_runs_unclosed)
+    assert events == ["drain", "drained", "close", "hook"]
+
+
+def test_a_second_sigterm_during_the_drain_closes_at_once() -> None:
+    events: list[str] = []
+    connection = DrainableConnection(events)
+    run_with_signals(connection, signal.SIGTERM, signal.SIGTERM, between=connection.drain_started.wait)
+    assert events == ["drain", "close", "hook", "drained"]  # the close ended the drain; run() waited for it
+
+
+def test_sigint_closes_at_once_even_a_connection_that_can_drain() -> None:
+    events: list[str] = []
+    run_with_signals(DrainableConnection(events), signal.SIGINT)
+    assert events == ["close", "hook"]
+
+
+def test_sigterm_closes_at_once_a_connection_that_cannot_drain() -> None:
+    events: list[str] = []
+    run_with_signals(BlockingConnection(events), signal.SIGTERM)
+    assert events == ["close", "hook"]
 
 
 def test_brubeck_04_import_paths_still_work() -> None:

@@ -27,3 +27,16 @@ def fake_service() -> Iterator[FakeService]:
     service = FakeService()
     yield service
     service.close()
+
+
+@pytest.fixture
+def netns_hosts() -> Iterator[object]:
+    """A `netns.HostFactory`: `netns_hosts(n)` makes n hosts (network namespaces), all removed after the test.
+
+    Skips without root and iproute2, but fails instead when CI is set: CI must run these.
+    """
+    from tests.brubeckservice.netns import host_factory, require_netns
+
+    require_netns()
+    with host_factory() as make:
+        yield make

@@ -107,6 +107,8 @@ class FakeService:
     """A bare ROUTER playing the service, with a real `ServiceClient` connected to it.
 
     The test reads what the client sent (`receive`) and answers anything it likes (`send`), valid or not.
+    The client's heartbeats are slowed to one a minute; `receive` answers them (a worker with room for
+    1,000 calls) and skips them, so a test sees the messages it is about.
     """
 
     def __init__(self) -> None:
@@ -116,14 +118,19 @@ class FakeService:
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.bind(self.address)
         self.signer = Signer(PASSPHRASE)
-        self.client = ServiceClient(self.address, None, PASSPHRASE, context=self.context)
+        self.client = ServiceClient(self.address, None, PASSPHRASE, context=self.context, heartbeat=60)
 
     def receive(self, timeout: float = WAIT) -> tuple[list[bytes], envelope.Envelope]:
-        """The next message from the client: (routing frames, envelope)."""
-        if not self.router.poll(int(timeout * 1000)):
-            raise AssertionError(f"the client sent nothing within {timeout}s")
-        routing, frames = envelope.split_routing(self.router.recv_multipart())
-        return routing, envelope.parse_envelope(frames)
+        """The next message from the client but its heartbeats: (routing frames, envelope)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.router.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
+                raise AssertionError(f"the client sent nothing within {timeout}s")
+            routing, frames = envelope.split_routing(self.router.recv_multipart())
+            env = envelope.parse_envelope(frames)
+            if not (env.kind == envelope.PING and env.msg_id.startswith(b"hb-")):
+                return routing, env
+            self.send(routing, envelope.build_pong(self.signer, env.msg_id, now_ms(), {"capacity": 1000}))
 
     def send(self, routing: list[bytes], frames: list[bytes]) -> None:
         self.router.send_multipart([*routing, *frames])

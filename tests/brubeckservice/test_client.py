@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import gevent
 import msgspec
@@ -206,7 +207,7 @@ def test_a_service_started_after_the_client_is_reached(tmp_path: Path, gate: Gat
             assert client.endpoints[0].connected
             assert service.connection.stats["served"] == 2
             assert client.call("/echo").ok  # and straight through from now on
-            assert client.stats["held"] == 2
+            assert client.stats["queued"] == 2
 
 
 def test_a_wrong_passphrase_is_an_authentication_error(pair: ServicePair) -> None:
@@ -247,12 +248,17 @@ def test_ping_without_a_timeout_waits_the_clients_timeout(fake_service: FakeServ
 
 
 def test_ping_returns_the_services_stats(pair: ServicePair, gate: Gate) -> None:
-    assert pair.client.ping() == {"inflight": 0, "served": 0, "stats": {}}
+    def load(info: dict[str, Any]) -> dict[str, Any]:
+        return {key: info[key] for key in ("inflight", "served", "stats")}
+
+    first = pair.client.ping()
+    assert load(first) == {"inflight": 0, "served": 0, "stats": {}}
+    assert (first["capacity"], first["queued"], first["draining"]) == (100, 0, False)
     pair.client.call("/echo")
     pair.client.call("/fail")
     blocked = gevent.spawn(pair.client.call, "/block")
     gate.next_arrival()
-    assert pair.client.ping() == {"inflight": 1, "served": 2, "stats": {"served": 2}}
+    assert load(pair.client.ping()) == {"inflight": 1, "served": 2, "stats": {"served": 2}}
     gate.release.set()
     blocked.get(timeout=WAIT)
     assert pair.client.ping()["served"] == 3
@@ -445,7 +451,7 @@ def test_garbage_from_the_service_is_dropped_and_the_client_carries_on(fake_serv
     wait_until(lambda: client.stats["malformed"] == len(garbage), "every garbage message to be counted")
     assert client.pending == 1
     assert client.stats["errors"] == 0  # nothing escaped into the listener
-    assert all(not greenlet.dead for greenlet in client._greenlets)
+    assert not client._reaper.dead and all(not greenlet.dead for greenlet in client.pool._greenlets)
     fake_service.reply(routing, msg_id, ServiceResponse(status_code=200, body={"RETURN_DATA": "fine"}))
     assert call.get(timeout=WAIT).body == {"RETURN_DATA": "fine"}
 

@@ -49,23 +49,71 @@ def test_expire_returns_only_outstanding_calls_past_their_expiry_in_order() -> N
     assert calls.expire(25.0) == []
 
 
-def test_drain_takes_the_calls_of_one_endpoint() -> None:
-    calls = PendingCalls()
-    here, there = object(), object()
-    one, two, three = Call("/1"), Call("/2"), Call("/3")
-    for msg_id, call, endpoint in ((b"1", one, here), (b"2", two, there), (b"3", three, here)):
-        call.endpoint = endpoint
+class FakeWorker:
+    def __init__(self) -> None:
+        self.inflight = 0
+
+
+def test_sent_and_answered_calls_keep_the_worker_count() -> None:
+    # The count of calls in flight per worker changes only here, with the call's state.
+    calls, worker, other = PendingCalls(), FakeWorker(), FakeWorker()
+    for msg_id in (b"1", b"2", b"3"):
+        call = Call("/")
+        calls.add(msg_id, call, expires_at=10.0)
+        calls.sent(msg_id, call, worker, now=0.0)
+    assert worker.inflight == 3
+    assert calls.answer(b"1", other, b"REQ") is None  # not from the worker it went to
+    assert calls.answer(b"1", worker, b"PING") is None  # a PONG never completes a request
+    assert worker.inflight == 3
+    assert calls.answer(b"1", worker, b"REQ") is not None
+    assert calls.answer(b"1", worker, b"REQ") is None  # once
+    calls.pop(b"2")
+    assert worker.inflight == 1
+    expired = calls.expire(11.0)
+    assert [(msg_id, call.worker) for msg_id, call in expired] == [(b"3", worker)]
+    assert worker.inflight == 0
+
+
+def test_a_lost_worker_fails_its_calls_and_queues_idempotent_ones_again_once() -> None:
+    calls, lost, kept = PendingCalls(), FakeWorker(), FakeWorker()
+    plain, safe, elsewhere = Call("/plain"), Call("/safe", idempotent=True), Call("/elsewhere")
+    for msg_id, call, worker in ((b"p", plain, lost), (b"s", safe, lost), (b"e", elsewhere, kept)):
         calls.add(msg_id, call)
-    assert calls.drain(here) == [(b"1", one), (b"3", three)]
-    assert [msg_id for msg_id, _ in calls] == [b"2"]
+        calls.sent(msg_id, call, worker, now=0.0)
+    resent, failed = calls.lose(lost)
+    assert (resent, failed) == ([(b"s", safe)], [(b"p", plain)])
+    assert (lost.inflight, kept.inflight, calls.waiting) == (0, 1, 1)
+    assert calls.first_waiting() == (b"s", safe)
+    calls.sent(b"s", safe, kept, now=1.0)
+    assert (kept.inflight, calls.waiting, calls.first_waiting()) == (2, 0, None)
+    resent, failed = calls.lose(kept)  # sent twice already: no third time
+    assert resent == [] and {msg_id for msg_id, _ in failed} == {b"s", b"e"}
+    assert (kept.inflight, len(calls)) == (0, 0)
 
 
-def test_drain_without_an_endpoint_takes_everything() -> None:
+def test_the_queue_is_fifo_and_skips_calls_that_left() -> None:
+    calls = PendingCalls()
+    queued = [Call(f"/{n}") for n in range(4)]
+    for n, call in enumerate(queued):
+        calls.add(b"%d" % n, call, expires_at=5.0 if n == 1 else 50.0)
+        calls.hold(b"%d" % n, call)
+    assert calls.waiting == 4
+    calls.pop(b"0")
+    calls.expire(6.0)  # /1 gives up while waiting
+    assert calls.waiting == 2
+    assert calls.first_waiting() == (b"2", queued[2])
+    calls.sent(b"2", queued[2], FakeWorker(), now=0.0)
+    assert calls.first_waiting() == (b"3", queued[3])
+    assert calls.waiting == 1
+
+
+def test_drain_takes_everything() -> None:
     calls = PendingCalls()
     calls.add(b"1", Call("/1"), expires_at=1.0)
     calls.add(b"2", Call("/2"))
+    calls.hold(b"2", calls.get(b"2"))  # type: ignore[arg-type]
     assert [msg_id for msg_id, _ in calls.drain()] == [b"1", b"2"]
-    assert len(calls) == 0
+    assert (len(calls), calls.waiting, calls.first_waiting()) == (0, 0, None)
     assert calls.next_expiry() is None
 
 

@@ -17,12 +17,15 @@ from typing import Any
 import pytest
 
 from brubeckservice.envelope import (
+    DRAIN,
     ERR,
+    KINDS,
     MARKER,
     REP,
     REQ,
     ControlHeader,
     Envelope,
+    build_drain,
     build_error,
     build_ping,
     build_pong,
@@ -145,7 +148,23 @@ GOLDEN = [
          b"", b""],
         (ControlHeader(ts=TS, status=401, msg="bad or missing signature"), None),
     ),
+    Golden(  # docs/protocol.md §4: a client acknowledging a worker's DRAIN, on a heartbeat PING
+        "ping_drain_ack",
+        lambda: build_ping(SIGNER, b"hb-1f", TS, {"drain_ack": True}),
+        [b"BRS1", b"PING", b"hb-1f", b'{"ts":1700000000000}', b'{"drain_ack":true}',
+         bytes.fromhex("d25109a816515e2737f806cb7990e3b983522e6149f6b35b39e77e1b865ce222")],
+        (ControlHeader(ts=TS), {"drain_ack": True}),
+    ),
+    Golden(  # docs/protocol.md §4: a worker about to stop, with 30 s of grace and two calls running
+        "drain",
+        lambda: build_drain(SIGNER, b"drain-1", TS + 7, {"grace": 30.0, "inflight": 2}),
+        [b"BRS1", b"DRAIN", b"drain-1", b'{"ts":1700000000007}', b'{"grace":30.0,"inflight":2}',
+         bytes.fromhex("3a5b382e14b814c8a98f91bf0e7a2877b1e41915fde1ee0b876dd56d075f9948")],
+        (ControlHeader(ts=TS + 7), {"grace": 30.0, "inflight": 2}),
+        now=TS + 7,
+    ),
 ]
+GOLDEN_BY_NAME = {golden.name: golden for golden in GOLDEN}
 
 
 @pytest.mark.parametrize("golden", GOLDEN, ids=lambda g: g.name)
@@ -206,6 +225,17 @@ def test_a_malformed_shape_is_a_protocol_error(frames: list[bytes], message: str
     with pytest.raises(ProtocolError) as refused:
         parse_envelope(frames)
     assert str(refused.value) == message
+
+
+def test_drain_is_a_kind_of_version_1() -> None:
+    assert DRAIN == b"DRAIN"
+    assert set(KINDS) == {b"REQ", b"REP", b"PING", b"PONG", b"DRAIN", b"ERR"}
+    assert parse_envelope(GOLDEN_BY_NAME["drain"].frames).kind == DRAIN
+
+
+def test_a_ping_without_a_body_is_the_empty_object_as_before() -> None:
+    assert build_ping(SIGNER, b"c0ffee00-3", TS) == build_ping(SIGNER, b"c0ffee00-3", TS, None) == GOLDEN[4].frames
+    assert build_ping(SIGNER, b"c0ffee00-3", TS, {})[4] == b"{}"
 
 
 def test_a_64_byte_id_is_the_largest_accepted() -> None:
@@ -289,8 +319,10 @@ def with_mac(frames: list[bytes], mac: bytes) -> list[bytes]:
     with_mac(REPLY, b""),
     with_mac(GOLDEN[4].frames, b""),  # PING
     with_mac(GOLDEN[5].frames, Signer("not the passphrase").sign(GOLDEN[5].frames[:5])),  # PONG
+    with_mac(GOLDEN_BY_NAME["drain"].frames, b""),
+    replaced(GOLDEN_BY_NAME["ping_drain_ack"].frames, 4, b'{"drain_ack":false}'),
 ], ids=["flipped-bit", "unsigned", "other-passphrase", "body-changed", "unsigned-reply", "unsigned-ping",
-        "forged-pong"])
+        "forged-pong", "unsigned-drain", "ack-changed"])
 def test_a_forged_or_unsigned_message_is_an_authentication_error(frames: list[bytes]) -> None:
     with pytest.raises(AuthenticationError) as refused:
         read(frames, TS + 5)
@@ -316,6 +348,7 @@ UNBOUNDED_REQUEST = resigned(REQUEST, 3, b'{"ts":1700000000000,"sid":"0123456789
     (REQUEST, TS - 60_000, AHEAD),
     (REPLY, TS + 65_003, STALE),
     (GOLDEN[5].frames, TS + 60_005, STALE),  # PONG
+    (GOLDEN_BY_NAME["drain"].frames, TS + 60_007, STALE),
 ])
 def test_a_stale_message_is_an_authentication_error(frames: list[bytes], now: int, message: str) -> None:
     with pytest.raises(AuthenticationError) as refused:

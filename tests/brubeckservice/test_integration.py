@@ -285,17 +285,29 @@ def test_a_killed_service_fails_the_call_in_flight_and_a_restarted_one_serves(
     assert (response.status_code, response.body) == (200, {"RETURN_DATA": "back again"})
 
 
-def test_a_stopped_service_fails_the_call_in_flight(address: str, processes: Processes,
-                                                    client: ServiceClient) -> None:
+def test_an_interrupted_service_fails_the_call_in_flight(address: str, processes: Processes,
+                                                        client: ServiceClient) -> None:
     service = processes.service(address)
     wait_ready(client, processes)
     call = gevent.spawn(client.call, "/service/slow", arguments={"SLEEP": 60}, timeout=60)
     wait_for(lambda: client.ping()["inflight"] == 1, "the call to reach the service")
-    service.terminate()  # SIGTERM: the app closes its socket on the way out
+    service.send_signal(signal.SIGINT)  # the app closes its socket on the way out, without draining
     with pytest.raises(ServiceUnavailable):
         call.get(timeout=WAIT)
     assert service.wait(timeout=WAIT) == 0
     assert client.pending == 0
+
+
+def test_a_terminated_service_answers_the_call_in_flight_then_exits(address: str, processes: Processes,
+                                                                   client: ServiceClient) -> None:
+    service = processes.service(address)
+    wait_ready(client, processes)
+    call = gevent.spawn(client.call, "/service/slow", arguments={"SLEEP": 1, "RETURN_DATA": "finished"})
+    wait_for(lambda: client.ping()["inflight"] == 1, "the call to reach the service")
+    service.terminate()  # SIGTERM: the app drains (docs/protocol.md, DRAIN)
+    assert call.get(timeout=WAIT).body["RETURN_DATA"] == "finished"
+    assert service.wait(timeout=WAIT) == 0
+    assert client.stats["drains"] == 1 and client.stats["lost"] == 0
 
 
 # -- what crosses process boundaries -------------------------------------------------------------------------

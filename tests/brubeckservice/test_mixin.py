@@ -262,7 +262,7 @@ def test_once_the_service_is_known_to_be_down_a_nowait_page_answers_503_at_once(
     assert get(lonely_app, "/sync").status_code == 503  # waited the connect timeout once
     client = registry(lonely_app)[lonely_app.settings["service_addr"]]
     assert not client.available
-    held = client.stats["held"]
+    held = client.stats["queued"]
     answer = get(lonely_app, "/async")
     assert answer.status_code == 503
-    assert (client.pending, client.stats["held"]) == (0, held)  # refused at once, not held
+    assert (client.pending, client.stats["queued"]) == (0, held)  # refused at once, not held

@@ -1,24 +1,39 @@
 """ServiceConnection: a Brubeck app as a service that answers every caller and survives any input.
 
 Real calls go through `pair.client`; hand-made messages through a bare DEALER (`pair.raw_socket()`), which
-receives whatever the service sends back.
+receives whatever the service sends back. The tests of many workers' needs (capacity, queue, PONG's
+report, the supervisor's environment) use a `Worker` on tcp and `RawClient`s, each a DEALER speaking the
+protocol by hand; test_drain.py uses them too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gevent
 import pytest
 import zmq.green as zmq
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.queue import Queue
 from zmq.utils.monitor import recv_monitor_message
 
+import brubeck
+from brubeck.application import Brubeck
+from brubeck.errors import ConfigurationError
+from brubeck.testing import free_port
 from brubeckservice import envelope
 from brubeckservice.clock import now_ms
 from brubeckservice.errors import ServiceTimeout
+from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.models import ServiceRequest, ServiceResponse
+from brubeckservice.server import BIND_ENV, WORKERS_ENV, ServiceConnection
 from brubeckservice.signing import Signer
 from brubeckservice.testing import ServicePair
 from tests.brubeckservice.helpers import (
@@ -232,6 +247,17 @@ def test_a_forged_ping_is_refused(pair: ServicePair) -> None:
     assert error_of(receive(raw)) == (b"who", 401, "bad or missing signature")
 
 
+def routable(connection: ServiceConnection, routing: tuple[bytes, ...]) -> bool:
+    """Whether the service's socket still has a connection under `routing` (it is sent an empty frame)."""
+    try:
+        connection.channel.send([*routing, b""])
+    except zmq.ZMQError as err:
+        if err.errno == zmq.EHOSTUNREACH:
+            return False
+        raise
+    return True
+
+
 def test_a_reply_to_a_caller_that_left_is_counted_not_fatal(tmp_path: Path) -> None:
     gate = Gate()
     # ipc, not inproc: the service must see the connection drop, and inproc reports no such event.
@@ -239,10 +265,13 @@ def test_a_reply_to_a_caller_that_left_is_counted_not_fatal(tmp_path: Path) -> N
         disconnects = pair.connection.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         leaving = pair.new_client()
         leaving.send("/block")
-        gate.next_arrival()
+        caller = gate.next_arrival().sender
         leaving.close(timeout=0)  # it leaves with its call still out
         assert disconnects.poll(int(WAIT * 1000)), "the service did not see the caller leave"
         assert recv_monitor_message(disconnects)["event"] == zmq.EVENT_DISCONNECTED
+        # The event comes from ZeroMQ's I/O thread; the socket itself forgets the connection a few
+        # commands later. Until it has, a message to it is queued and lost, which nobody can count.
+        wait_until(lambda: not routable(pair.connection, caller), "the socket to forget the caller")
         gate.release.set()
         wait_until(lambda: pair.connection.stats["undeliverable"] == 1, "the undeliverable reply to be counted")
         assert pair.client.call("/echo").ok
@@ -277,3 +306,246 @@ def test_close_stops_serving() -> None:
     serving.join(timeout=WAIT)
     assert serving.dead
     pair.close()
+
+
+# -- many workers: capacity, the queue beyond it, and what PONG reports (docs/protocol.md §4, §8) --------------
+
+class Board:
+    """What `HeldHandler` reports to a test (`arrived`, in order; `running`, `most` at once), and the
+    switch the test holds each request by (`release(name)`)."""
+
+    def __init__(self) -> None:
+        self.arrived: Any = Queue()  # of names
+        self.running = 0
+        self.most = 0
+        self._releases: defaultdict[str, Event] = defaultdict(Event)
+        self._everything = Event()
+
+    def release(self, *names: str) -> None:
+        for name in names:
+            self._releases[name].set()
+
+    def release_all(self) -> None:
+        self._everything.set()
+        for event in self._releases.values():
+            event.set()
+
+    def hold(self, name: str) -> None:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        self.arrived.put(name)
+        try:
+            if not self._everything.is_set():
+                self._releases[name].wait()
+        finally:
+            self.running -= 1
+
+    def next_arrival(self) -> str:
+        name: str = self.arrived.get(timeout=WAIT)
+        return name
+
+
+class HeldHandler(ServiceMessageHandler):
+    """Runs until the test releases it by the request's `name` argument, then echoes that name."""
+
+    def request(self) -> ServiceResponse:
+        name = self.message.get_argument("name")
+        board: Board = self.application.settings["board"]
+        board.hold(name)
+        self.set_status(200, "released")
+        self.add_to_payload("name", name)
+        return self.render()
+
+
+@dataclass
+class Received:
+    kind: bytes
+    msg_id: bytes
+    body: Any  # REP: the payload; PONG and DRAIN: the info object
+
+
+class RawClient:
+    """A bare DEALER speaking the protocol by hand: numbered requests of its own session, PINGs, and
+    whatever the worker sends back, parsed and checked."""
+
+    def __init__(self, sock: zmq.Socket[bytes], sid: str) -> None:
+        self.sock = sock
+        self.sid = sid
+        self.seq = 0
+
+    def request(self, name: str, path: str = "/held") -> None:
+        self.seq += 1
+        request = ServiceRequest(path=path, arguments={"name": name})
+        self.sock.send_multipart(envelope.build_request(SIGNER, name.encode(), request, now_ms(), self.sid, self.seq))
+
+    def ping(self, msg_id: bytes = b"ping", body: dict[str, Any] | None = None) -> None:
+        self.sock.send_multipart(envelope.build_ping(SIGNER, msg_id, now_ms(), body))
+
+    def next(self) -> Received:
+        env = envelope.parse_envelope(receive(self.sock))
+        if env.kind == envelope.REP:
+            return Received(env.kind, env.msg_id, envelope.parse_reply(env, SIGNER, now_ms(), 30_000).body)
+        assert env.kind in (envelope.PONG, envelope.DRAIN), env
+        _, body = envelope.parse_control(env, SIGNER, now_ms(), 30_000)
+        return Received(env.kind, env.msg_id, body)
+
+    def pong(self, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """PING and return the PONG's info; the PONG must be the next thing to arrive."""
+        self.ping(b"ping", body)
+        answer = self.next()
+        assert (answer.kind, answer.msg_id) == (envelope.PONG, b"ping"), answer
+        info: dict[str, Any] = answer.body
+        return info
+
+
+class Worker:
+    """A service app on a real ServiceConnection (tcp on 127.0.0.1, any free port), serving `HeldHandler`
+    at /held and helpers.ROUTES, in a greenlet as `app.run()` would (without taking over the signals)."""
+
+    def __init__(self, pool: Pool | None = None, **options: Any) -> None:
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        options.setdefault("bind", "tcp://127.0.0.1:*")
+        self.connection = ServiceConnection("tcp://127.0.0.1:*", None, PASSPHRASE, context=self.context, **options)
+        self.address = self.connection.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.board = Board()
+        self.app = Brubeck(msg_conn=self.connection, handler_tuples=[(r"^/held", HeldHandler), *ROUTES], pool=pool,
+                           board=self.board, gate=Gate())
+        self.serving = gevent.spawn(self.connection.process_messages, self.app)
+        self._sockets: list[zmq.Socket[bytes]] = []
+
+    def client(self, name: str = "raw") -> RawClient:
+        """A raw client with routing id and session `name`."""
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, name.encode())
+        sock.connect(self.address)
+        self._sockets.append(sock)
+        return RawClient(sock, name)
+
+    def close(self) -> None:
+        self.board.release_all()
+        self.connection.close()
+        self.serving.join(timeout=WAIT)
+        for sock in self._sockets:
+            sock.close(linger=0)
+        self.context.destroy(linger=0)
+
+
+@pytest.fixture
+def worker_of() -> Iterator[Callable[..., Worker]]:
+    """Makes workers (`worker_of(capacity=2, ...)`: ServiceConnection's options) and closes them after."""
+    made: list[Worker] = []
+
+    def make(pool: Pool | None = None, **options: Any) -> Worker:
+        made.append(Worker(pool, **options))
+        return made[-1]
+
+    yield make
+    for worker in made:
+        worker.close()
+
+
+def test_pong_reports_the_workers_load_capacity_and_version(worker_of: Callable[..., Worker]) -> None:
+    worker = worker_of(capacity=3)
+    raw = worker.client()
+    info = raw.pong()
+    assert info["uptime"] >= 0
+    del info["uptime"]
+    assert info == {"inflight": 0, "queued": 0, "capacity": 3, "draining": False, "served": 0,
+                    "version": brubeck.__version__, "stats": {}}  # no `workers`: none were named
+    raw.request("one")
+    assert worker.board.next_arrival() == "one"
+    assert raw.pong()["inflight"] == 1
+    worker.board.release("one")
+    assert raw.next().body == {"name": "one"}
+    info = raw.pong()
+    assert (info["inflight"], info["served"], info["stats"]) == (0, 1, {"served": 1})
+
+
+def test_capacity_is_the_apps_pool_size_unless_given(worker_of: Callable[..., Worker]) -> None:
+    assert worker_of(Pool(4)).client().pong()["capacity"] == 4
+    assert worker_of(Pool(4), capacity=2).client().pong()["capacity"] == 2
+    assert worker_of().client().pong()["capacity"] == 100  # no pool, or an unbounded one: the default
+    assert worker_of(Pool()).client().pong()["capacity"] == 100
+
+
+def test_capacity_holds_and_the_rest_run_in_arrival_order_while_pings_are_answered(
+        worker_of: Callable[..., Worker]) -> None:
+    worker = worker_of(capacity=2)
+    raw = worker.client()
+    names = ["r0", "r1", "r2", "r3", "r4"]
+    for name in names:
+        raw.request(name)
+    assert [worker.board.next_arrival(), worker.board.next_arrival()] == ["r0", "r1"]
+    info = raw.pong()  # at capacity, and PINGs are still answered
+    assert (info["inflight"], info["queued"], info["capacity"]) == (2, 3, 2)  # the other three wait, not run
+    worker.board.release("r1")
+    assert raw.next().body == {"name": "r1"}
+    assert worker.board.next_arrival() == "r2"  # the first in line takes the free slot
+    assert raw.pong()["queued"] == 2
+    worker.board.release("r0", "r2")
+    assert sorted(raw.next().body["name"] for _ in range(2)) == ["r0", "r2"]
+    assert [worker.board.next_arrival(), worker.board.next_arrival()] == ["r3", "r4"]
+    worker.board.release("r3", "r4")
+    assert sorted(raw.next().body["name"] for _ in range(2)) == ["r3", "r4"]
+    assert worker.board.most == 2
+    info = raw.pong()
+    assert (info["inflight"], info["queued"], info["served"]) == (0, 0, 5)
+
+
+def test_requests_beyond_the_queue_wait_in_zeromq_and_pings_with_them(worker_of: Callable[..., Worker]) -> None:
+    worker = worker_of(capacity=1, max_queued=2)
+    raw = worker.client()
+    for name in ["r0", "r1", "r2", "r3"]:
+        raw.request(name)
+    raw.ping(b"behind")
+    assert worker.board.next_arrival() == "r0"
+    wait_until(lambda: worker.connection.queued == 2, "r1 and r2 to queue")
+    # r3 and the PING wait in ZeroMQ's queue. Each time a slot frees up, one more message is read: r3 when
+    # r1 starts, the PING when r2 does. So the PONG comes after both replies (one connection keeps order).
+    worker.board.release("r0", "r1")
+    assert [raw.next().body["name"] for _ in range(2)] == ["r0", "r1"]
+    pong = raw.next()
+    assert (pong.kind, pong.msg_id) == (envelope.PONG, b"behind")
+    assert (pong.body["inflight"], pong.body["queued"]) == (1, 1)  # r2 runs, r3 waits
+    worker.board.release_all()
+    assert [raw.next().body["name"] for _ in range(2)] == ["r2", "r3"]
+
+
+def test_a_worker_binds_the_supervisors_address_and_lists_its_workers(
+        worker_of: Callable[..., Worker], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    monkeypatch.setenv(BIND_ENV, f"tcp://127.0.0.1:{port}")
+    monkeypatch.setenv(WORKERS_ENV, f"tcp://127.0.0.1:{port}, tcp://127.0.0.1:{port + 1},")
+    with caplog.at_level(logging.INFO, logger="brubeckservice.server"):
+        connection = ServiceConnection("tcp://127.0.0.1:1", None, PASSPHRASE)
+    try:
+        assert (connection.service_addr, connection.configured_addr) == (f"tcp://127.0.0.1:{port}",
+                                                                         "tcp://127.0.0.1:1")
+        assert connection.socket.getsockopt_string(zmq.LAST_ENDPOINT) == f"tcp://127.0.0.1:{port}"
+        assert connection.workers == [f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 1}"]
+        assert caplog.messages == [f"binding tcp://127.0.0.1:{port} ({BIND_ENV}) instead of tcp://127.0.0.1:1"]
+    finally:
+        connection.close()
+    # Given in code, they win over the environment.
+    worker = worker_of(bind="tcp://127.0.0.1:*", workers=["tcp://:6001", "tcp://:6002"])
+    assert worker.address != f"tcp://127.0.0.1:{port}"
+    assert worker.client().pong()["workers"] == ["tcp://:6001", "tcp://:6002"]
+
+
+def test_a_worker_in_a_supervisors_environment_reports_its_workers_in_pong(
+        worker_of: Callable[..., Worker], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(WORKERS_ENV, "ipc://run/slow-0,ipc://run/slow-1")
+    assert worker_of().client().pong()["workers"] == ["ipc://run/slow-0", "ipc://run/slow-1"]
+
+
+def test_zmtp_heartbeats_are_set_on_the_socket(worker_of: Callable[..., Worker]) -> None:
+    sock = worker_of(heartbeat=0.25).connection.socket
+    assert (sock.getsockopt(zmq.HEARTBEAT_IVL), sock.getsockopt(zmq.HEARTBEAT_TIMEOUT),
+            sock.getsockopt(zmq.HEARTBEAT_TTL)) == (250, 500, 1500)
+
+
+@pytest.mark.parametrize("options", [{"capacity": 0}, {"max_queued": -1}, {"heartbeat": 0}, {"drain_grace": -1}])
+def test_impossible_options_are_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        ServiceConnection("tcp://127.0.0.1:*", None, PASSPHRASE, **options)
