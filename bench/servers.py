@@ -120,7 +120,9 @@ def service(address: str) -> None:
             self.set_status(200)
             return self.render()
 
-    connection = ServiceConnection(address, None, PASSPHRASE)
+    # An echo never waits on anything: it declares room for every call the cases keep in flight (10k held),
+    # as an I/O-bound service would. (The default, 100 at once, would queue the rest: cases 3 and 6a.)
+    connection = ServiceConnection(address, None, PASSPHRASE, capacity=100_000)
     app = Brubeck(msg_conn=connection, log_level=logging.WARNING,
                   handler_tuples=[(f"^{ECHO_PATH}$", EchoHandler), (f"^{HOLD_PATH}$", HoldHandler),
                                   (f"^{RELEASE_PATH}$", ReleaseHandler), (f"^{HELD_PATH}$", HeldHandler)])

@@ -142,3 +142,89 @@ def describe_process(pid: int | None) -> str:
     except OSError:
         command = ""
     return f" (pid {pid}: {command:.120})" if command else f" (pid {pid})"
+
+
+# -- the addresses of a supervisor's workers (supervisor.py) ---------------------------------------------
+
+# What a supervisor tells each worker it starts (server.py's ServiceConnection reads the first two):
+#: the address this worker binds instead of the app's `service_addr`;
+BIND_ENV = "BRUBECK_SERVICE_BIND"
+#: every worker address of this service on this host, comma-separated, as clients reach them (PONG `workers`);
+WORKERS_ENV = "BRUBECK_SERVICE_WORKERS"
+#: this worker's number, 0 to N-1.
+INDEX_ENV = "BRUBECK_WORKER_INDEX"
+
+#: The longest path a Unix socket address holds (sockaddr_un's sun_path, less its terminating NUL).
+MAX_IPC_PATH = 107
+WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})  # noqa: S104 - names of wildcards, bound by no one here
+
+
+
+def _split_tcp(address: str) -> tuple[str, int]:
+    host, sep, port = address[len("tcp://"):].rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{address!r}: a tcp address is tcp://HOST:PORT, PORT a number from 1 to 65535")
+    return host, int(port)
+
+
+def worker_addresses(bind: str, count: int) -> list[str]:
+    """The address each of `count` workers binds, from `bind` (see supervisor.py's docstring). Raises
+    ValueError when `bind` is neither tcp://HOST:PORT nor ipc://PATH, or leaves no room for `count`."""
+    if count < 1:
+        raise ValueError("there must be at least one worker")
+    if bind.startswith("tcp://"):
+        host, port = _split_tcp(bind)
+        if port + count - 1 > 65535:
+            raise ValueError(f"{bind}: {count} workers need ports {port} to {port + count - 1}, past 65535")
+        return [f"tcp://{host}:{port + i}" for i in range(count)]
+    if bind.startswith("ipc://"):
+        path = bind[len("ipc://"):]
+        if not path or path in ("@", "*"):
+            raise ValueError(f"{bind!r}: an ipc address names a path, ipc://PATH")
+        if not path.startswith("@"):  # '@name': Linux's abstract namespace, no file and no directory
+            path = os.path.abspath(path)
+        paths = [path] + [f"{path}.{i}" for i in range(1, count)]
+        if len(paths[-1].encode()) > MAX_IPC_PATH:
+            raise ValueError(f"{bind}: {paths[-1]} is longer than a Unix socket path may be ({MAX_IPC_PATH} bytes)")
+        return [f"ipc://{p}" for p in paths]
+    raise ValueError(f"{bind!r}: workers bind tcp://HOST:PORT or ipc://PATH")
+
+
+def advertised_address(address: str) -> str:
+    """`address` as clients name it: a tcp wildcard host becomes empty (`tcp://:6001`, docs/protocol.md §8)."""
+    if address.startswith("tcp://"):
+        host, port = _split_tcp(address)
+        if host in WILDCARD_HOSTS:
+            return f"tcp://:{port}"
+    return address
+
+
+def accepts(address: str, timeout: float = 0.5) -> bool:
+    """Whether something accepts connections at a tcp:// or ipc:// address now (a plain connect, then close).
+    A tcp wildcard host is probed on loopback."""
+    if address.startswith("ipc://"):
+        try:
+            return ipc_listener(address)[0]
+        except FileExistsError:
+            return False
+    host, port = _split_tcp(address)
+    if host in WILDCARD_HOSTS:
+        host = "::1" if ":" in host else "127.0.0.1"
+    try:
+        with pysocket.create_connection((host.strip("[]"), port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def holder(address: str) -> str | None:
+    """Why `address` cannot be served by a new worker ("... is served by pid N: ..."), or None when it can."""
+    if address.startswith("ipc://"):
+        try:
+            live, pid = ipc_listener(address)
+        except FileExistsError as exc:
+            return f"{address}: {exc}"
+    else:
+        live = accepts(address)
+        pid = listening_pid(_split_tcp(address)[1]) if live else None
+    return f"{address} is already served{describe_process(pid)}" if live else None

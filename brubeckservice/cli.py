@@ -19,15 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from brubeck import __version__
-from brubeckservice.supervisor import (
-    BIND_ENV,
-    INDEX_ENV,
-    KILL_MARGIN,
-    WORKERS_ENV,
-    Supervisor,
-    SupervisorError,
-    worker_addresses,
-)
+from brubeckservice.addresses import BIND_ENV, INDEX_ENV, WORKERS_ENV, worker_addresses
+from brubeckservice.supervisor import KILL_MARGIN, Supervisor, SupervisorError
 
 #: Exit statuses: done, failed, used wrongly (argparse exits with 2 itself).
 OK, FAILURE, USAGE = 0, 1, 2

@@ -412,14 +412,15 @@ class ServiceClient:
             log.warning("malformed reply from %s: %s", worker.address, err)
             self._fail(env.msg_id, worker, ProtocolError(f"the service's reply does not parse: {err}"))
             return
-        self.pool.heard(worker)
+        now = time.monotonic()
+        self.pool.heard(worker, now)
         call = self.calls.answer(env.msg_id, worker, _REQ)
         if call is None:
             self.stats["late"] += 1
             log.warning("dropped late or unknown reply %r from %s for %s (%d %s)", env.msg_id, worker.address,
                         response.path, response.status_code, response.status_msg)
             return
-        worker.latencies.append(time.monotonic() - call.sent_at)
+        worker.latencies.append(now - call.sent_at)
         self.stats["replies"] += 1
         if self.calls.waiting:
             self._wake.set()  # its worker has room again
@@ -467,7 +468,7 @@ class ServiceClient:
             self.stats["forged"] += 1
             log.warning("dropped PONG from %s: %s", worker.address, err)
             return
-        self.pool.heard(worker)
+        self.pool.heard(worker, time.monotonic())
         call = self.calls.answer(env.msg_id, worker, _PING)
         self.pool.report(worker, info)
         if call is not None:
@@ -480,7 +481,7 @@ class ServiceClient:
             self.stats["forged"] += 1
             log.warning("dropped DRAIN from %s: %s", worker.address, err)
             return
-        self.pool.heard(worker)
+        self.pool.heard(worker, time.monotonic())
         if not worker.draining:
             self.stats["drains"] += 1  # (a worker sends one more DRAIN after its last answers: counted once)
         self.pool.drain_notice(worker, info, env.msg_id)

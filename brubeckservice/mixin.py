@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from brubeck.types import Application
@@ -48,7 +49,9 @@ class ServiceClientMixin:
 
         Options go to `ServiceClient`: e.g. `timeout`, how long a call to this service waits for its reply
         (else the app's `service_timeout` setting, else 30 s), and `connect_timeout`, how long a call waits
-        for a connection to it (else the app's `service_connect_timeout` setting, else 3 s).
+        for a connection to it (else the app's `service_connect_timeout` setting, else 3 s). The app's
+        `close()` (the end of `run()`) closes the client, waiting for its calls still out at most the app's
+        `service_close_timeout` setting (else 5 s).
         """
         services = registry(self.application)
         client = services.get(service_addr)
@@ -60,9 +63,10 @@ class ServiceClientMixin:
                                    on_reply=lambda response: handle_reply(app, response), **options)
             services[service_addr] = client
             # Brubeck apps take close hooks; an Application of another kind closes its clients itself.
+            # The app's `service_close_timeout` setting says how long closing waits for calls still out.
             on_close: Callable[[Callable[[], object]], object] | None = getattr(app, "on_close", None)
             if on_close is not None:
-                on_close(client.close)
+                on_close(partial(client.close, app.settings.get("service_close_timeout")))
             log.info("registered service at %s", service_addr)
         return client
 

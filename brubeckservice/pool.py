@@ -307,10 +307,10 @@ class WorkerPool:
             except Exception:  # the heartbeat must not die
                 log.exception("heartbeat failed")
 
-    def heard(self, worker: Worker) -> None:
-        """A signed message came from `worker`."""
-        worker.heard_at = time.monotonic()
-        if worker.state == BUSY:
+    def heard(self, worker: Worker, now: float) -> None:
+        """A signed message came from `worker` (at `now`, a time.monotonic() value)."""
+        worker.heard_at = now
+        if worker.state is BUSY:
             self._note(worker, "answering again")
             self._on_ready()
 
@@ -383,6 +383,7 @@ class WorkerPool:
             self._on_lost(worker)
             self._resolve_now.set()
             self._retire_if_idle(worker)
+            self._on_ready()  # calls waiting for room may now be waiting for a connection: a shorter bound
 
     def _note(self, worker: Worker, why: str | None = None, level: int | None = None) -> None:
         """Log a worker's change of state once, with its reason."""
@@ -405,14 +406,14 @@ class WorkerPool:
 
     def choose(self, need_room: bool = True) -> Worker | None:
         """The worker for the next call: alive, with the most free capacity (ties: fewest of our calls in
-        flight); None when none has room. Without `need_room` (a PING), any alive one."""
-        now = time.monotonic()
-        timeout = self.heartbeat_timeout
+        flight); None when none has room. Without `need_room` (a PING), any alive one.
+
+        On every call's path, so it reads each worker's state as last noted (`_note` runs on each event that
+        changes it, and each heartbeat tick notes a worker gone quiet as busy) instead of the clock."""
         best: Worker | None = None
         best_free = 0 if need_room else -(2**62)
         for worker in self.workers:
-            if (not worker.connected or worker.draining or worker.leaving or worker.refused is not None
-                    or now - worker.heard_at > timeout):
+            if worker.state is not ALIVE:
                 continue
             free = worker.free()
             if free > best_free or (best is not None and free == best_free and worker.inflight < best.inflight):

@@ -39,6 +39,8 @@ from brubeck.errors import ConfigurationError
 from brubeck.transports.channel import Channel, Pump
 from brubeckservice import envelope
 from brubeckservice.addresses import (
+    BIND_ENV,
+    WORKERS_ENV,
     describe_process,
     ipc_inode,
     ipc_listener,
@@ -64,10 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("brubeckservice.server")
 
-#: The address this worker binds instead of the app's `service_addr` (set by a supervisor of N workers).
-BIND_ENV = "BRUBECK_SERVICE_BIND"
-#: Every worker address of this service on this host, comma-separated: what PONG lists as `workers`.
-WORKERS_ENV = "BRUBECK_SERVICE_WORKERS"
 #: How many requests run at once when neither `capacity` nor the app's pool size says.
 DEFAULT_CAPACITY = 100
 #: Clients remembered at most (for DRAIN); past it, the one heard from least recently is forgotten.

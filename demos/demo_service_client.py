@@ -46,7 +46,6 @@ from brubeckservice.base import (
     ServiceTimeout,
     ServiceUnavailable,
 )
-from brubeckservice.mixin import registry
 
 DEMOS_DIR = Path(__file__).resolve().parent
 # As in demo_service.py: the relative ipc:// addresses resolve in the runtime directory, by default
@@ -236,7 +235,9 @@ def build_app(use_wsgi: bool, port: int) -> Brubeck:
                   # Unrouted requests (404, 405) get the demo's error page too.
                   base_handler=DemoPage,
                   template_loader=load_jinja2_env(str(TEMPLATES_DIR)),
-                  transport=transport, handoffs=Handoffs())
+                  transport=transport, handoffs=Handoffs(),
+                  # Ctrl-C: the web clients are gone; app.close() gives replies on their way a moment, not 5 s.
+                  service_close_timeout=1)
     # What every page says about the set-up, error pages the framework renders included.
     if app.template_env is not None:
         app.template_env.globals.update(transport=transport, delay=service_delay())
@@ -268,10 +269,6 @@ def main(argv: list[str] | None = None) -> None:
         if err.errno == errno.EACCES:
             sys.exit(f"cannot serve on port {args.port}: permission denied (ports below 1024 need root)")
         raise
-    finally:
-        for client in registry(app).values():
-            # Ctrl-C: the web clients are gone; give replies on their way a moment, not the default 5 s.
-            client.close(timeout=1)
     log.info("stopped")
 
 

@@ -187,8 +187,7 @@ class WebApp:
         return registry(self.app)[self.app.settings["service_addr"]]
 
     def close(self) -> None:
-        for service_client in registry(self.app).values():
-            service_client.close()
+        self.app.close()  # its connection, then the service clients it registered
         self.connection.close()
         self.threads.kill()
 

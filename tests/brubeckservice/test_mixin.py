@@ -85,8 +85,7 @@ def client_app(pair: ServicePair, **settings: Any) -> Brubeck:
 def app(pair: ServicePair) -> Iterator[Brubeck]:
     application = client_app(pair)
     yield application
-    for client in registry(application).values():
-        client.close()
+    application.close()  # closes the service clients it registered
 
 
 def page(application: Brubeck, conn_id: str = "77") -> Page:
@@ -116,8 +115,7 @@ def test_two_apps_do_not_share_clients(app: Brubeck, pair: ServicePair) -> None:
         mine.close()
         assert theirs.call("/echo").ok  # closing one app's client leaves the other's working
     finally:
-        for client in registry(other).values():
-            client.close()
+        other.close()
 
 
 def test_the_apps_service_timeout_setting_is_the_default_timeout(pair: ServicePair) -> None:
@@ -227,10 +225,9 @@ def lonely_app(tmp_path: Path) -> Iterator[Brubeck]:
                           handler_tuples=[(r"^/sync", SyncPage), (r"^/async", AsyncPage),
                                           (r"^/echo", ServiceResponseHandler)],
                           replies=Queue(), service_addr=f"ipc://{tmp_path}/stopped", service_timeout=30,
-                          service_connect_timeout=0.5)
+                          service_connect_timeout=0.5, service_close_timeout=0)
     yield application
-    for client in registry(application).values():
-        client.close(timeout=0)
+    application.close()
 
 
 def get(application: Brubeck, path: str) -> HTTPResponse:

@@ -29,11 +29,12 @@ from brubeck.application import Brubeck
 from brubeck.errors import ConfigurationError
 from brubeck.testing import free_port
 from brubeckservice import envelope
+from brubeckservice.addresses import BIND_ENV, WORKERS_ENV
 from brubeckservice.clock import now_ms
 from brubeckservice.errors import ServiceTimeout
 from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.models import ServiceRequest, ServiceResponse
-from brubeckservice.server import BIND_ENV, WORKERS_ENV, ServiceConnection
+from brubeckservice.server import ServiceConnection
 from brubeckservice.signing import Signer
 from brubeckservice.testing import ServicePair
 from tests.brubeckservice.helpers import (

@@ -29,18 +29,12 @@ import zmq
 
 from brubeck.testing import free_port, port_in_use, process_alive
 from brubeckservice import envelope
+from brubeckservice.addresses import accepts, advertised_address, worker_addresses
 from brubeckservice.client import ServiceClient
 from brubeckservice.clock import now_ms
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import Signer
-from brubeckservice.supervisor import (
-    Backoff,
-    Supervisor,
-    accepts,
-    advertised_address,
-    describe_exit,
-    worker_addresses,
-)
+from brubeckservice.supervisor import Backoff, Supervisor, describe_exit
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = Path(__file__).resolve().parent / "apps"
