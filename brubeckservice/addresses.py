@@ -20,6 +20,14 @@ def endpoints(service_addr: str | Sequence[str]) -> list[str]:
     return found
 
 
+def canonical(address: str) -> str:
+    """One spelling per socket: a relative ipc:// path made absolute (libzmq resolves it against the working
+    directory), so `ipc://run/slow` and the `ipc:///abs/run/slow` a worker lists are seen as one worker."""
+    if address.startswith("ipc://") and not address.startswith(("ipc:///", "ipc://@")):
+        return "ipc://" + os.path.abspath(address[len("ipc://"):])
+    return address
+
+
 def prepare_ipc(address: str) -> None:
     """Create the directory of an ipc:// path (as the 2013 demo's 'ipc://run/slow' expects it to exist)."""
     if address.startswith("ipc://"):

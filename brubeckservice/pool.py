@@ -39,6 +39,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from brubeck.transports.channel import Channel
 from brubeckservice import envelope
+from brubeckservice.addresses import canonical
 from brubeckservice.clock import now_ms
 from brubeckservice.discovery import Resolver, needs_resolving
 from brubeckservice.errors import ServiceError
@@ -180,7 +181,7 @@ class WorkerPool:
         self._closed = False
         self.started_at = time.monotonic()
         self._names = [a for a in addresses if needs_resolving(a)]
-        self._static = [a for a in addresses if a not in self._names]
+        self._static = [canonical(a) for a in addresses if a not in self._names]
         self._resolved: dict[str, set[str]] = {name: set() for name in self._names}
         self._listed: dict[str, set[str]] = {}  # reporter address -> the siblings it lists
         self._resolver = resolver
@@ -332,7 +333,7 @@ class WorkerPool:
             self._note(worker, "accepts our signature again")
         listed = info.get("workers")
         if isinstance(listed, list):
-            siblings = {sibling_address(a, worker.address) for a in listed if isinstance(a, str) and a}
+            siblings = {canonical(sibling_address(a, worker.address)) for a in listed if isinstance(a, str) and a}
             if siblings != self._listed.get(worker.address, set()):
                 self._listed[worker.address] = siblings
                 self._sync()

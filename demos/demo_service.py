@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     runtime_dir = args.dir.resolve()
     (runtime_dir / "run").mkdir(parents=True, exist_ok=True)
     os.chdir(runtime_dir)
-    app = Brubeck(msg_conn=ServiceConnection('ipc://run/slow', 'ipc://run/slow_response', 'my_shared_secret'),
-                  handler_tuples=[(r'^/service/slow', SlowEchoHandler)])
-    log.info("slow echo service ready at ipc://run/slow (in %s), %g s per request", runtime_dir, DELAY)
+    connection = ServiceConnection('ipc://run/slow', 'ipc://run/slow_response', 'my_shared_secret')
+    app = Brubeck(msg_conn=connection, handler_tuples=[(r'^/service/slow', SlowEchoHandler)])
+    # (Under `brubeck-service run`, the address bound is the supervisor's choice: say which.)
+    log.info("slow echo service ready at %s (in %s), %g s per request", connection.service_addr, runtime_dir, DELAY)
     app.run()
     log.info("stopped")
 

@@ -35,3 +35,14 @@ def test_prepare_ipc_leaves_other_transports_alone(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     prepare_ipc("tcp://127.0.0.1:5555")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_canonical_spells_each_socket_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client given ipc://run/slow, and told by that worker of ipc:///.../run/slow, must see one worker.
+    from brubeckservice.addresses import canonical
+
+    monkeypatch.chdir(tmp_path)
+    assert canonical("ipc://run/slow") == f"ipc://{tmp_path}/run/slow"
+    assert canonical(f"ipc://{tmp_path}/run/slow") == f"ipc://{tmp_path}/run/slow"
+    for unchanged in ("ipc://@abstract", "tcp://127.0.0.1:5555", "inproc://x", "tcp://name.test:6000"):
+        assert canonical(unchanged) == unchanged
