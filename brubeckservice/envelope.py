@@ -180,7 +180,7 @@ def parse_request(envelope: Envelope, signer: Signer, now_ms: int, guard: Replay
     try:
         header = _request_header(envelope.header)
         arguments = _arguments(envelope.body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:  # (nested too deep)
         raise ProtocolError(f"request: {exc}") from None
     if header.deadline is not None and header.deadline < now_ms:
         raise RequestExpired(f"arrived {(now_ms - header.deadline) / 1000:.1f}s after its caller's deadline (it "
@@ -202,7 +202,7 @@ def parse_reply(envelope: Envelope, signer: Signer, now_ms: int, window_ms: int)
     try:
         header = _reply_header(envelope.header)
         body = _any(envelope.body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:  # (nested too deep)
         raise ProtocolError(f"reply: {exc}") from None
     _fresh(header.ts, now_ms, window_ms)
     return ServiceResponse(status_code=header.status, status_msg=header.msg, body=body, path=header.path,
@@ -218,7 +218,7 @@ def parse_control(envelope: Envelope, signer: Signer | None, now_ms: int,
     try:
         header = _control_header(envelope.header)
         body = _any(envelope.body) if envelope.body else None
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:  # (nested too deep)
         raise ProtocolError(f"control message: {exc}") from None
     if signer is not None:
         _fresh(header.ts, now_ms, window_ms)

@@ -110,7 +110,8 @@ class Mongrel2Server:
     """A real Mongrel2 routing ``/`` on host ``localhost`` (the default host) to one handler.
 
     Every argument is optional: ports default to free loopback ports, ``send_spec`` and ``recv_spec`` to
-    ``tcp://127.0.0.1:<free port>``, ``send_ident`` to a fresh UUID (the first word of every request) and
+    ``tcp://127.0.0.1:<free port>``, ``send_ident`` to a fresh UUID (the first word of every request, and the
+``recv_ident``: only replies that begin with it are delivered) and
     ``workdir`` to a fresh temporary directory that :meth:`stop` removes (a directory you pass is kept, with
     its logs, config and database). An ``ipc://`` spec names a path inside the chroot: connect to
     ``ipc://<workdir>/<path>`` from outside. ``protocol`` is the handler's header encoding, ``"json"`` (the
@@ -164,7 +165,10 @@ class Mongrel2Server:
         self.send_spec: str = send_spec if send_spec is not None else f"tcp://127.0.0.1:{free_port()}"
         self.recv_spec: str = recv_spec if recv_spec is not None else f"tcp://127.0.0.1:{free_port()}"
         self.send_ident: str = send_ident if send_ident is not None else str(uuid.uuid4())
-        self.recv_ident: str = ""
+        # Mongrel2 checks no reply's UUID; its SUB socket's prefix match on recv_ident is the only filter. With
+        # recv_ident = send_ident only replies that begin with this handler's identity reach a browser: a
+        # process that can publish there, or an app answering a forged sender, cannot answer any connection.
+        self.recv_ident: str = self.send_ident
         self.server_uuid: str = str(uuid.uuid4())
         self.protocol: str = protocol
         self.limits: dict[str, int] = dict(limits or {})

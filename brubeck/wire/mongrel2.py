@@ -101,7 +101,7 @@ def _decode_headers(raw: object) -> tuple[Headers, HeaderProtocol]:
             # Mongrel2 copies a client's header bytes into the JSON unchanged, so a latin-1 header value makes
             # the block invalid UTF-8; read it as latin-1 rather than fail the request (as _text).
             decoded = _json_decoder.decode(_text(raw))
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # (RecursionError: nested too deep)
             raise ProtocolError(f"Mongrel2 headers are not valid JSON: {exc}") from None
         protocol: HeaderProtocol = "json"
     elif isinstance(raw, dict):
@@ -128,7 +128,7 @@ def parse_message(raw: bytes) -> Mongrel2Message:
     try:
         raw_headers, rest = tnetstring.pop(rest)
         body, rest = tnetstring.pop(rest)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # (RecursionError: a tnetstring nested too deep)
         raise ProtocolError(f"Mongrel2 message has a malformed netstring: {exc}") from None
     if rest:
         raise ProtocolError(f"Mongrel2 message has {len(rest)} trailing bytes")

@@ -467,3 +467,19 @@ def test_the_names_before_0_3_0_are_the_same_functions() -> None:
             envelope.encode_error) == (build_request, build_reply, build_ping, build_pong, build_error)
     assert (envelope.open_request, envelope.open_reply, envelope.open_control, envelope.parse) == (
         parse_request, parse_reply, parse_control, parse_envelope)
+
+
+# -- nesting deeper than any decoder recurses ------------------------------------------------------------------
+
+DEEP = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+@pytest.mark.parametrize("kind", [REQ, REP, b"PING", b"PONG", DRAIN])
+def test_a_correctly_signed_body_nested_too_deep_is_a_protocol_error(kind: bytes) -> None:
+    # A key holder's (or a broken peer's) pathological JSON must end as the package's own error, which the
+    # service answers and counts, never as a RecursionError that escapes the loop's error handling.
+    header = {REQ: b'{"ts":%d,"sid":"s","seq":1,"path":"/"}' % TS, REP: b'{"ts":%d,"status":200}' % TS}
+    frames = [MARKER, kind, b"deep-1", header.get(kind, b'{"ts":%d}' % TS), DEEP]
+    frames.append(SIGNER.sign(frames))
+    with pytest.raises(ProtocolError, match="recursion"):
+        read(frames, TS)

@@ -110,6 +110,26 @@ def test_request_reaches_handler_and_reply_reaches_client(mongrel2: Mongrel2Serv
 
 
 @pytest.mark.mongrel2
+def test_a_reply_that_does_not_begin_with_the_handlers_identity_reaches_no_browser(
+        mongrel2: Mongrel2Server, context: Context) -> None:
+    pull = connect(context, zmq.PULL, mongrel2.send_spec)
+    pub = connect(context, zmq.PUB, mongrel2.recv_spec)
+    client = http.client.HTTPConnection("127.0.0.1", mongrel2.http_port, timeout=TIMEOUT_MS / 1000)
+    client.request("GET", "/victim")
+    message = recv(pull)
+    _, conn_id, _ = message.split(b" ", 2)
+    # A forged sender, or another UUID, for this browser's connection: Mongrel2 would deliver it with
+    # recv_ident ''. Then the real answer: the browser must get that one, first and only.
+    for forged in (b"S", str(uuid.uuid4()).encode()):
+        pub.send(b"%s %d:%s, HTTP/1.1 400 Bad Request\r\nContent-Length: 6\r\n\r\nforged" % (forged, len(conn_id),
+                                                                                                 conn_id))
+    reply(pub, message, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+    response = client.getresponse()
+    assert (response.status, response.read()) == (200, b"real")
+    client.close()
+
+
+@pytest.mark.mongrel2
 def test_tnetstring_protocol_sends_tnetstring_headers(mongrel2_required: None, context: Context) -> None:
     with Mongrel2Server(protocol="tnetstring") as server:
         pull = connect(context, zmq.PULL, server.send_spec)
@@ -197,7 +217,7 @@ def test_config_holds_settings_and_specs() -> None:
         server.stop()
     assert f"send_spec='{server.send_spec}'" in config
     assert f"send_ident='{server.send_ident}'" in config
-    assert "recv_ident=''" in config
+    assert f"recv_ident='{server.send_ident}'" in config  # only replies with its identity are delivered
     assert "protocol='tnetstring'" in config
     assert f"port={server.http_port}" in config
     assert "'limits.content_length': 1024" in config

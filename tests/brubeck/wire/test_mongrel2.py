@@ -304,3 +304,16 @@ def test_built_request_headers_are_what_a_real_mongrel2_derives(name: str, messa
 def test_built_request_headers_take_the_clients_headers_after_the_derived_ones() -> None:
     assert build_request_headers("GET", "/a?b=1", {"host": "x", "QUERY": "forced"}) == {
         "PATH": "/a", "METHOD": "GET", "VERSION": "HTTP/1.1", "URI": "/a?b=1", "QUERY": "forced", "host": "x"}
+
+
+def test_headers_nested_too_deep_are_a_protocol_error_in_both_protocols() -> None:
+    deep_json = b'{"A":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(ProtocolError, match="recursion"):
+        parse_message(b"S 1 / %d:%s,0:," % (len(deep_json), deep_json))
+    for depth in (900, 3_000, 5_000):  # (tnetstring3 refuses some depths itself; Python recursion fails others)
+        deep_tnet = b"0:]"
+        for _ in range(depth):
+            deep_tnet = b"%d:%s]" % (len(deep_tnet), deep_tnet)
+        headers = b"%d:%s%s}" % (len(b"1:A,") + len(deep_tnet), b"1:A,", deep_tnet)
+        with pytest.raises(ProtocolError, match=r"recursion|nesting|header"):
+            parse_message(b"S 1 / %s0:," % headers)
