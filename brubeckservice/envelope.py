@@ -29,6 +29,8 @@ REQ, REP, PING, PONG, DRAIN, ERR = b"REQ", b"REP", b"PING", b"PONG", b"DRAIN", b
 KINDS = frozenset({REQ, REP, PING, PONG, DRAIN, ERR})
 FRAMES = 6
 MAX_ID_SIZE = 64
+#: The longest text an ERR carries (characters).
+MAX_ERROR_TEXT = 200
 
 
 class RequestHeader(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -126,8 +128,10 @@ def build_drain(signer: Signer, msg_id: bytes, now_ms: int, info: dict[str, Any]
 
 
 def build_error(msg_id: bytes, status: int, msg: str, now_ms: int) -> list[bytes]:
-    """An unsigned rejection (the sender's key may be the very thing that is wrong). It carries no data."""
-    return [MARKER, ERR, msg_id, _encode(ControlHeader(ts=now_ms, status=status, msg=msg)), b"", b""]
+    """An unsigned rejection (the sender's key may be the very thing that is wrong). It carries no data, and
+    at most MAX_ERROR_TEXT characters of text: an answer to bad input never reflects the input back."""
+    text = msg if len(msg) <= MAX_ERROR_TEXT else msg[:MAX_ERROR_TEXT - 3] + "..."
+    return [MARKER, ERR, msg_id, _encode(ControlHeader(ts=now_ms, status=status, msg=text)), b"", b""]
 
 
 # -- reading ------------------------------------------------------------------------------------------
@@ -147,7 +151,7 @@ def parse_envelope(frames: list[bytes]) -> Envelope:
     marker, kind, msg_id, header, body, mac = frames
     if marker != MARKER:
         if marker[:3] == MARKER[:3]:
-            raise ProtocolError(f"unsupported protocol version {marker!r}; this side speaks {MARKER!r}")
+            raise ProtocolError(f"unsupported protocol version {marker[:8]!r}; this side speaks {MARKER!r}")
         raise ProtocolError(f"not a brubeck-service message (first frame {marker[:16]!r})")
     if kind not in KINDS:
         raise ProtocolError(f"unknown message kind {kind[:16]!r}")

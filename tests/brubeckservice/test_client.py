@@ -496,3 +496,71 @@ def test_requests_carry_the_clients_session_and_increasing_numbers(fake_service:
     headers = [msgspec.json.decode(fake_service.receive()[1].header, type=envelope.RequestHeader) for _ in range(3)]
     assert [h.sid for h in headers] == [fake_service.client.session] * 3
     assert [h.seq for h in headers] == [1, 2, 3]
+
+
+# -- a service breaking the call contract, one bad worker among good ones -----------------------------------
+
+def test_a_pong_carrying_a_calls_id_completes_nothing(fake_service: FakeService) -> None:
+    # Only a REP answers a REQ: a signed PONG with the id neither makes call() return a dict nor swallows a send().
+    client = fake_service.client
+    replies: Queue = Queue()
+    errors: Queue = Queue()
+    call = gevent.spawn(client.call, "/echo", timeout=WAIT)
+    sent = client.send("/echo", on_reply=replies.put, on_error=errors.put)
+    answered = []
+    for _ in range(2):
+        routing, env = fake_service.receive()
+        fake_service.send(routing, envelope.build_pong(fake_service.signer, env.msg_id, now_ms(), {"not": "a reply"}))
+        answered.append((routing, env.msg_id))
+    wait_until(lambda: client.endpoints[0].reported.get("not") == "a reply", "the PONGs to be read")
+    assert (call.ready(), replies.qsize(), errors.qsize(), client.pending) == (False, 0, 0, 2)
+    for routing, msg_id in answered:
+        fake_service.reply(routing, msg_id, ServiceResponse(status_code=200, body={"RETURN_DATA": msg_id.decode()}))
+    assert call.get(timeout=WAIT).status_code == 200
+    assert replies.get(timeout=WAIT).body["RETURN_DATA"] == sent.decode()
+
+
+def test_an_err_counts_only_on_the_connection_its_call_went_on() -> None:
+    # ERR is unsigned, so anyone on any of a client's connections can send one: it must not fail the calls
+    # another worker is serving, whatever ids it names. (Here the second worker reports no room, so every call
+    # goes to the first; the second then "rejects" each of them by id.)
+    import zmq.green as gzmq
+
+    context: Any = gzmq.Context()
+    routers, addresses = [], []
+    for name in ("good", "bad"):
+        router = context.socket(gzmq.ROUTER)
+        router.setsockopt(gzmq.LINGER, 0)
+        address = f"inproc://err-{name}-{os.urandom(4).hex()}"
+        router.bind(address)
+        routers.append(router)
+        addresses.append(address)
+    good, bad = routers
+    signer = Signer(PASSPHRASE)
+    client = ServiceClient(addresses, None, PASSPHRASE, context=context, heartbeat=60, timeout=WAIT)
+    try:
+        for router, capacity in ((good, 100), (bad, 0)):  # the bad one takes no calls: all go to the good one
+            routing, frames = envelope.split_routing(router.recv_multipart())
+            router.send_multipart([*routing, *envelope.build_pong(signer, envelope.parse_envelope(frames).msg_id,
+                                                                  now_ms(), {"capacity": capacity})])
+        wait_until(lambda: [w.capacity for w in client.endpoints] == [100, 0], "both reports")
+        calls = [gevent.spawn(client.call, "/echo") for _ in range(3)]
+        received = []
+        for _ in calls:
+            assert good.poll(int(WAIT * 1000))
+            routing, frames = envelope.split_routing(good.recv_multipart())
+            received.append((routing, envelope.parse_envelope(frames).msg_id))
+        for _, msg_id in received:  # the keyless peer "rejects" them all
+            bad_routing = [f"{client.session}-1".encode()]
+            bad.send_multipart([*bad_routing, *envelope.build_error(msg_id, 401, "no", now_ms())])
+        wait_until(lambda: client.stats["late"] == 3, "the stray ERRs to be dropped")
+        assert not any(c.ready() for c in calls)
+        for routing, msg_id in received:
+            good.send_multipart([*routing, *envelope.build_reply(signer, msg_id, ServiceResponse(status_code=200),
+                                                                 now_ms())])
+        assert [c.get(timeout=WAIT).status_code for c in calls] == [200, 200, 200]
+    finally:
+        client.close(timeout=0)
+        for router in routers:
+            router.close(linger=0)
+        context.destroy(linger=0)

@@ -179,7 +179,9 @@ def test_a_stopped_worker_is_found_dead_within_the_heartbeats_and_used_again_whe
         wait_until(lambda: states(client)[frozen.address] == "dead", "the stopped worker to be dead")
         assert {client.call("/echo").body["pid"] for _ in range(10)} == {other.pid}
         frozen.signal(signal.SIGCONT)
-        wait_until(lambda: states(client)[frozen.address] == "alive", "the worker to come back", timeout=15)
+        # Back: alive once its handshake is done, with its full room once its first report comes.
+        wait_until(lambda: any(i.address == frozen.address and i.state == "alive" and i.capacity == 10
+                               for i in client.workers), "the worker to come back", timeout=15)
         parallel = start_calls(client, "/sleep", 8, SECONDS=0.3)
         gevent.joinall(parallel, timeout=WAIT, raise_error=True)
         assert frozen.pid in served_by([c.value for c in parallel])  # traffic returns to it
@@ -312,7 +314,8 @@ def test_a_host_cut_off_mid_load_fails_over_fast_and_traffic_returns(netns_hosts
         assert {client.call("/echo").body["pid"] for _ in range(10)} == {processes[1].pid}
         assert client.workers[0].inflight == 0
         far.restore()
-        wait_until(lambda: states(client)[far_address] == "alive", "the host to come back", timeout=15)
+        wait_until(lambda: any(i.address == far_address and i.state == "alive" and i.capacity == 8
+                               for i in client.workers), "the host to come back", timeout=15)
         parallel = start_calls(client, "/sleep", 12, SECONDS=0.3)
         gevent.joinall(parallel, timeout=WAIT, raise_error=True)
         assert processes[0].pid in served_by([c.value for c in parallel])  # traffic returns to it

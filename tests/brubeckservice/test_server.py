@@ -228,6 +228,22 @@ def test_garbage_is_dropped_and_real_calls_keep_succeeding(pair: ServicePair) ->
     assert not pair.serving.dead
 
 
+def test_a_huge_bad_message_is_answered_and_logged_in_a_few_hundred_bytes(pair: ServicePair,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    # Reflection and log amplification: 1 MiB in must not become 1 MiB (or more, as repr) out and in the log.
+    raw = pair.raw_socket()
+    huge = b"BRS9" + b"\xff" * (1 << 20)
+    with caplog.at_level(logging.WARNING, logger="brubeckservice.server"):
+        raw.send_multipart([huge, b"REQ", b"big", b"{}", b"{}", b"\x00" * 32])
+        answer = receive(raw)
+        assert_next_is_pong(raw, SIGNER)
+    assert error_of(answer)[:2] == (b"big", 505)
+    assert sum(map(len, answer)) < 600
+    assert caplog.records and all(len(r.getMessage()) < 600 for r in caplog.records)
+    long_text = envelope.build_error(b"x", 400, "y" * 10_000, now_ms())
+    assert len(long_text[3]) < envelope.MAX_ERROR_TEXT + 100
+
+
 def test_the_log_says_whether_a_bad_message_was_answered_or_dropped(pair: ServicePair,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     raw = pair.raw_socket()
