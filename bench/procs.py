@@ -52,6 +52,25 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text[-lines:])
 
 
+def await_ready(process: subprocess.Popen[bytes], what: str, log: Path, timeout: float) -> None:
+    """Return once `process` printed READY on its stdout pipe; BenchError (with its log's tail) when it did not
+    within `timeout` seconds or exited first."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while READY.encode() not in buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError(f"{what} not ready after {timeout:g}s\n{_tail(log)}")
+            if selector.select(remaining):
+                chunk = os.read(process.stdout.fileno(), 4096)
+                if not chunk:
+                    raise BenchError(f"{what} exited with {process.wait()} before it was ready\n{_tail(log)}")
+                buffer += chunk
+
+
 def _environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -86,21 +105,7 @@ class Processes:
                 [sys.executable, "-m", "bench.servers", *args], cwd=ROOT, env=_environment(),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
         self._running.append((name, process))
-        assert process.stdout is not None
-        deadline = time.monotonic() + timeout
-        buffer = b""
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            while READY.encode() not in buffer:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BenchError(f"server {name} not ready after {timeout:g}s\n{_tail(log)}")
-                if selector.select(remaining):
-                    chunk = os.read(process.stdout.fileno(), 4096)
-                    if not chunk:
-                        raise BenchError(f"server {name} exited with {process.wait()} before it was ready\n"
-                                         f"{_tail(log)}")
-                    buffer += chunk
+        await_ready(process, f"server {name}", log, timeout)
         return process
 
     def client(self, name: str, *args: str, timeout: float) -> dict[str, Any]:

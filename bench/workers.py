@@ -25,16 +25,13 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import subprocess
 import sys
-import time
 from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.payload import READY
-from bench.procs import READY_TIMEOUT, ROOT, BenchError, _environment, _tail
+from bench.procs import READY_TIMEOUT, ROOT, BenchError, _environment, _tail, await_ready
 from bench.stats import median
 
 if TYPE_CHECKING:
@@ -66,22 +63,8 @@ def _start_worker(ctx: Context, name: str, address: str, capacity: int) -> subpr
         process = subprocess.Popen([sys.executable, str(APP), address, "--capacity", str(capacity)], cwd=ROOT,
                                    env=_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=err, start_new_session=True)
-    assert process.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT
-    buffer = b""
     try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            while READY.encode() not in buffer:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BenchError(f"worker {name} not ready after {READY_TIMEOUT:g}s\n{_tail(log)}")
-                if selector.select(remaining):
-                    chunk = os.read(process.stdout.fileno(), 4096)
-                    if not chunk:
-                        raise BenchError(f"worker {name} exited with {process.wait()} before it was ready\n"
-                                         f"{_tail(log)}")
-                    buffer += chunk
+        await_ready(process, f"worker {name}", log, READY_TIMEOUT)
     except BaseException:
         ctx.processes.stop(process)
         raise

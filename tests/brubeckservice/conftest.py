@@ -1,8 +1,12 @@
-"""Fixtures of the brubeckservice tests: a gate for blocking handlers and an in-memory service pair."""
+"""Fixtures of the brubeckservice tests: a gate for blocking handlers, an in-memory service pair, a fake
+service, a short directory for ipc:// sockets, and other hosts (network namespaces)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +24,15 @@ def pair(gate: Gate) -> Iterator[ServicePair]:
     """The service app serving helpers.ROUTES, and a client of it with a 5 s timeout."""
     with ServicePair(ROUTES, PASSPHRASE, gate=gate) as service_pair:
         yield service_pair
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A fresh directory for ipc:// sockets: their paths must fit in a sockaddr_un (107 bytes), and pytest's
+    tmp_path can be longer."""
+    path = Path(tempfile.mkdtemp(prefix="brs-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

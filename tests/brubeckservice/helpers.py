@@ -7,6 +7,9 @@ through a `Gate` passed in the app's settings, never through module globals.
 
 from __future__ import annotations
 
+import os
+import select
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -35,6 +38,27 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) 
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {timeout}s for {what}")
         gevent.sleep(0.005)
+
+
+def read_line(process: subprocess.Popen[Any], timeout: float) -> str:
+    """The next line `process` writes to its stdout pipe (opened with ``stdout=subprocess.PIPE``).
+
+    Reads a byte at a time straight from the pipe, so nothing after the line is taken from the next call.
+    Raises AssertionError after `timeout` s without a whole line, or when the pipe closes first.
+    """
+    assert process.stdout is not None, "start the process with stdout=subprocess.PIPE"
+    fd = process.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    line = b""
+    while not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise AssertionError(f"no line from pid {process.pid} within {timeout}s (so far {line!r})")
+        byte = os.read(fd, 1)
+        if not byte:
+            raise AssertionError(f"pid {process.pid} closed stdout (exit {process.poll()}) after {line!r}")
+        line += byte
+    return line.decode().rstrip("\n")
 
 
 class Gate:

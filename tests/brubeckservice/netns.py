@@ -32,7 +32,6 @@ import json
 import os
 import re
 import secrets
-import select
 import shutil
 import signal
 import subprocess
@@ -57,7 +56,6 @@ __all__ = [
     "hosts",
     "netem_available",
     "netns_available",
-    "read_line",
     "remove_leftovers",
     "require_netns",
 ]
@@ -389,24 +387,3 @@ def require_netns() -> None:
     if "CI" in os.environ:
         pytest.fail(reason)
     pytest.skip(reason)
-
-
-def read_line(process: subprocess.Popen[Any], timeout: float) -> str:
-    """The next line `process` writes to its stdout pipe (opened with ``stdout=subprocess.PIPE``).
-
-    Reads a byte at a time straight from the pipe, so nothing after the line is taken from the next call.
-    Raises AssertionError after `timeout` s without a whole line, or when the pipe closes first.
-    """
-    assert process.stdout is not None, "start the process with stdout=subprocess.PIPE"
-    fd = process.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    line = b""
-    while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            raise AssertionError(f"no line from pid {process.pid} within {timeout}s (so far {line!r})")
-        byte = os.read(fd, 1)
-        if not byte:
-            raise AssertionError(f"pid {process.pid} closed stdout (exit {process.poll()}) after {line!r}")
-        line += byte
-    return line.decode().rstrip("\n")

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -252,14 +250,6 @@ def test_the_clients_remembered_are_bounded(worker_of: WorkerOf, monkeypatch: py
 
 
 # -- SIGTERM on a real service process ---------------------------------------------------------------------
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    # ipc:// paths must fit in a sockaddr_un (107 bytes); pytest's tmp_path can be longer.
-    path = Path(tempfile.mkdtemp(prefix="brs-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
 
 @pytest.fixture
 def held_service(short_tmp: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:

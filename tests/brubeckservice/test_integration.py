@@ -12,11 +12,9 @@ timeout. Every process started is killed in teardown.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,14 +71,6 @@ class Processes:
             if process.poll() is None:
                 process.kill()
             process.wait(timeout=WAIT)
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    # ipc:// paths must fit in a sockaddr_un (107 bytes); pytest's tmp_path can be longer.
-    path = Path(tempfile.mkdtemp(prefix="brs-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from brubeck.testing.ports import process_alive
 from tests.brubeckservice import netns
-from tests.brubeckservice.netns import Host, HostFactory, LossQdisc, read_line, remove_leftovers
+from tests.brubeckservice.helpers import read_line
+from tests.brubeckservice.netns import Host, HostFactory, LossQdisc, remove_leftovers
 
 WAIT = 10.0  # the longest a test waits for a cut to be noticed or mended
 PORT = 7000

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -203,14 +201,6 @@ class Supervised:
         for pid in self.logged_pids() - {self.pid if self.process else 0}:
             if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    # ipc:// paths must fit in a sockaddr_un (107 bytes); pytest's tmp_path can be longer.
-    path = Path(tempfile.mkdtemp(prefix="brs-sup-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
