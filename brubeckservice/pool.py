@@ -37,7 +37,7 @@ import zmq
 from gevent.event import Event
 from zmq.utils.monitor import parse_monitor_message
 
-from brubeck.transports.channel import Channel
+from brubeck.transports.channel import Channel, set_heartbeats
 from brubeckservice import envelope
 from brubeckservice.addresses import canonical
 from brubeckservice.clock import now_ms
@@ -205,10 +205,7 @@ class WorkerPool:
         sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to live connections: no send into the void
         sock.setsockopt(zmq.IPV6, 1)  # (DNS may answer AAAA records: tcp://[fd00::5]:6000)
         sock.setsockopt(zmq.ROUTING_ID, f"{self.session}-{worker.index}".encode())
-        ivl = max(1, int(self.heartbeat * 1000))
-        sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 2 * ivl)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, min(6 * ivl, 6_553_500))  # (libzmq's largest: 6553.5 s)
+        ivl = set_heartbeats(sock, self.heartbeat)
         # A TCP connect to a host cut off waits for the kernel's SYN retries (1, 3, 7, 15 s...) without this.
         sock.setsockopt(zmq.CONNECT_TIMEOUT, max(1000, 2 * ivl))
         monitor = sock.get_monitor_socket(USABLE | zmq.EVENT_DISCONNECTED)

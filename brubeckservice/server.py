@@ -36,12 +36,13 @@ from greenlet import getcurrent
 
 from brubeck import __version__
 from brubeck.errors import ConfigurationError
-from brubeck.transports.channel import Channel, Pump
+from brubeck.transports.channel import Channel, Pump, set_heartbeats
 from brubeckservice import envelope
 from brubeckservice.addresses import (
     BIND_ENV,
     WORKERS_ENV,
     describe_process,
+    endpoints,
     ipc_inode,
     ipc_listener,
     prepare_ipc,
@@ -125,7 +126,8 @@ class ServiceConnection:
         self.configured_addr = service_addr
         self.service_addr = self._bind_address(service_addr, bind)
         self.service_response_addr = service_response_addr
-        self.workers = list(workers) if workers is not None else _split(os.environ.get(WORKERS_ENV, ""))
+        listed = os.environ.get(WORKERS_ENV, "")
+        self.workers = list(workers) if workers is not None else endpoints(listed) if listed.strip() else []
         self.signer = Signer(passphrase)
         self.guard = ReplayGuard(window_ms)
         self.window_ms = window_ms
@@ -166,11 +168,7 @@ class ServiceConnection:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished caller is an error we log
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_size)
         sock.setsockopt(zmq.SNDHWM, 10_000)  # replies queued per caller before it must read
-        # libzmq answers these in its I/O thread, so a handler holding the CPU keeps its connections.
-        interval_ms = round(self.heartbeat * 1000)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 2 * interval_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, 6 * interval_ms)
+        set_heartbeats(sock, self.heartbeat)
         try:
             self._bind(sock, self.service_addr)
         except BaseException:
@@ -512,8 +510,3 @@ class ServiceConnection:
         remove_ipc(self.service_addr, self._ipc_inode)
         if self._own_context:
             self.context.term()
-
-
-def _split(addresses: str) -> list[str]:
-    return [address.strip() for address in addresses.split(",") if address.strip()]
-

@@ -53,6 +53,18 @@ BATCH = 256
 OnMessage = Callable[[list[bytes]], None]
 
 
+def set_heartbeats(socket: zmq.Socket[bytes], interval: float) -> int:
+    """Turn on ZMTP heartbeats on `socket`: a PING every `interval` seconds, the connection dropped after twice
+    that without traffic, and the peer told to drop it after six times that (capped at libzmq's largest TTL,
+    6553.5 s). libzmq answers them in its I/O thread, so a handler holding the CPU keeps its connections.
+    Returns the interval in milliseconds."""
+    interval_ms = max(1, round(interval * 1000))
+    socket.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 2 * interval_ms)
+    socket.setsockopt(zmq.HEARTBEAT_TTL, min(6 * interval_ms, 6_553_500))
+    return interval_ms
+
+
 class Channel:
     """A ZeroMQ socket moved by the gevent hub: `send` from any greenlet, arrivals to `on_message`."""
 
