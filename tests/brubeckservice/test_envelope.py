@@ -148,12 +148,12 @@ GOLDEN = [
          b"", b""],
         (ControlHeader(ts=TS, status=401, msg="bad or missing signature"), None),
     ),
-    Golden(  # docs/protocol.md §4: a client acknowledging a worker's DRAIN, on a heartbeat PING
+    Golden(  # docs/protocol.md §4: a client acknowledging the worker's DRAIN "drain-1" (below) by its id
         "ping_drain_ack",
-        lambda: build_ping(SIGNER, b"hb-1f", TS, {"drain_ack": True}),
-        [b"BRS1", b"PING", b"hb-1f", b'{"ts":1700000000000}', b'{"drain_ack":true}',
-         bytes.fromhex("d25109a816515e2737f806cb7990e3b983522e6149f6b35b39e77e1b865ce222")],
-        (ControlHeader(ts=TS), {"drain_ack": True}),
+        lambda: build_ping(SIGNER, b"hb-1f", TS, {"drain_ack": "drain-1"}),
+        [b"BRS1", b"PING", b"hb-1f", b'{"ts":1700000000000}', b'{"drain_ack":"drain-1"}',
+         bytes.fromhex("a49e082bddddb56e79759d955cca35bc09ca9740edce84c033e162b2b6bd0200")],
+        (ControlHeader(ts=TS), {"drain_ack": "drain-1"}),
     ),
     Golden(  # docs/protocol.md §4: a worker about to stop, with 30 s of grace and two calls running
         "drain",
