@@ -383,7 +383,10 @@ def test_calls_spread_to_the_address_with_the_fewest_in_flight(tmp_path: Path) -
     with ServicePair(ROUTES, PASSPHRASE, address=f"ipc://{tmp_path}/one", gate=gates[0]) as one, \
             ServicePair(ROUTES, PASSPHRASE, address=f"ipc://{tmp_path}/two", gate=gates[1]) as two, \
             ServiceClient([one.address, two.address], None, PASSPHRASE) as client:
-        wait_until(lambda: all(e.connected for e in client.endpoints), "both connections")
+        # Both connected and reporting their room: before its first report a worker is assumed to take one
+        # call, and a burst goes to whichever reports first.
+        wait_until(lambda: all(e.connected and "capacity" in e.reported for e in client.endpoints),
+                   "both connections and their reports")
         replies: Queue = Queue()
         for _ in range(6):
             client.send("/block", on_reply=replies.put)
