@@ -90,6 +90,11 @@ def _mac(secret: str | bytes, name: str, encoded: str) -> bytes:
     return hmac.new(key, f"{name}|{encoded}".encode(), hashlib.sha256).digest()
 
 
+# What sign_value encodes: [name, value, issued_at]. A good MAC over anything else (another app's format, a
+# hand-made value under the same secret) is malformed, not a crash.
+_signed_payload = msgspec.json.Decoder(tuple[str, Any, float]).decode
+
+
 def sign_value(name: str, value: Any, secret: str | bytes) -> str:
     """A tamper-evident cookie value holding any JSON-serialisable `value`."""
     encoded = _b64(msgspec.json.encode([name, value, int(time.time())]))
@@ -109,8 +114,8 @@ def unsign_value(name: str, signed: str, secret: str | bytes, max_age: float | N
         log.warning("cookie %r has a bad signature; ignored", name)
         return None
     try:
-        signed_name, value, issued = msgspec.json.decode(_unb64(encoded))
-    except (ValueError, TypeError, msgspec.DecodeError):
+        signed_name, value, issued = _signed_payload(_unb64(encoded))
+    except (ValueError, msgspec.DecodeError, RecursionError):  # (RecursionError: JSON nested too deep)
         return None
     if signed_name != name:
         return None

@@ -79,3 +79,5 @@ def _parse_multipart(body: bytes, boundary: str, charset: str, arguments: Argume
                 arguments.setdefault(part.name, []).append(part.value)
     except (multipart.MultipartError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed multipart/form-data body: {exc}") from None
+    except LookupError as exc:  # the charset parameter names no text encoding ('latin-0', 'rot13')
+        raise ProtocolError(f"multipart/form-data body in an unknown charset: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket as pysocket
 import stat
@@ -205,6 +206,21 @@ def advertised_address(address: str) -> str:
         if host in WILDCARD_HOSTS:
             return f"tcp://:{port}"
     return address
+
+
+def reachable_from_other_hosts(address: str) -> bool:
+    """Whether other hosts may connect to a socket bound at `address`: a tcp:// address whose host is not
+    loopback (127.0.0.0/8, ::1, `localhost`, the interface `lo`). A wildcard, another IP address, a name or
+    an interface may be reached from elsewhere; ipc:// and inproc:// cannot."""
+    if not address.startswith("tcp://"):
+        return False
+    host = address[len("tcp://"):].rpartition(":")[0].strip("[]")
+    if host in ("localhost", "lo"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 def accepts(address: str, timeout: float = 0.5) -> bool:

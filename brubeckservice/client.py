@@ -36,11 +36,13 @@ from gevent.event import Event
 from gevent.hub import Waiter, get_hub
 from greenlet import getcurrent, greenlet
 
+from brubeck.throttle import LogThrottle
 from brubeck.transports.channel import Workers
 from brubeckservice import envelope
 from brubeckservice.addresses import endpoints
 from brubeckservice.clock import now_ms
 from brubeckservice.correlation import Build, Call, ErrorCallback, PendingCalls, ReplyCallback
+from brubeckservice.curve import CurveClient
 from brubeckservice.discovery import Resolver
 from brubeckservice.envelope import DEFAULT_MAX_MESSAGE_SIZE
 from brubeckservice.errors import (
@@ -53,7 +55,7 @@ from brubeckservice.errors import (
 )
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.pool import DEFAULT_HEARTBEAT, DEFAULT_RESOLVE_INTERVAL, Worker, WorkerInfo, WorkerPool
-from brubeckservice.signing import Signer
+from brubeckservice.signing import Passphrases, Signer
 
 log = logging.getLogger("brubeckservice.client")
 
@@ -86,15 +88,19 @@ class ServiceClient:
     seconds between heartbeats (a stopped or cut-off worker is found within about 3 of them; one silent
     for `heartbeat_timeout`, default 3 heartbeats, is busy); `max_queued` how many calls may wait for a
     worker with room. `on_reply` receives the replies of `send()` calls that name no callback of their own.
+    `curve` (a `brubeckservice.curve.CurveClient`: the service's public key and this client's key pair)
+    connects with ZeroMQ CURVE; a handshake the service refuses fails the calls waiting for it with
+    AuthenticationError, at once.
     """
 
     def __init__(self, service_addr: str | Sequence[str], service_response_addr: str | None = None,
-                 passphrase: str | bytes = "", *, context: zmq.Context[zmq.Socket[bytes]] | None = None,
+                 passphrase: Passphrases = "", *, context: zmq.Context[zmq.Socket[bytes]] | None = None,
                  timeout: float = DEFAULT_TIMEOUT, connect_timeout: float | None = None,
                  on_reply: ReplyCallback | None = None, window_ms: int = 30_000,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, max_queued: int = DEFAULT_MAX_QUEUED,
                  heartbeat: float = DEFAULT_HEARTBEAT, heartbeat_timeout: float | None = None,
-                 resolver: Resolver | None = None, resolve_interval: float = DEFAULT_RESOLVE_INTERVAL) -> None:
+                 resolver: Resolver | None = None, resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
+                 max_reply_size: int | None = None, curve: CurveClient | None = None) -> None:
         self.addresses = endpoints(service_addr)
         self.service_response_addr = service_response_addr
         self.signer = Signer(passphrase)
@@ -103,6 +109,8 @@ class ServiceClient:
         self.on_reply = on_reply
         self.window_ms = window_ms
         self.max_message_size = max_message_size
+        self.max_reply_size = max_message_size if max_reply_size is None else max_reply_size
+        self._log = LogThrottle(log)  # what services send is logged at a bounded rate (brubeck.throttle)
         self.max_queued = max_queued
         self.stats: Counter[str] = Counter()
         self.calls = PendingCalls()
@@ -119,10 +127,10 @@ class ServiceClient:
         self._quiet: Event | None = None  # while close() waits: set when a call or a callback finishes
         # Reply and error callbacks run on recycled greenlets: one each while it runs, none created per reply.
         self._callbacks: Workers[tuple[Any, Any]] = Workers(self._run_callback, log=log)
-        self.pool = WorkerPool(self.addresses, context=self.context, session=self.session, signer=self.signer,
+        self.pool = WorkerPool(self.addresses, context=self.context, signer=self.signer,
                                on_frames=self._on_frames, on_lost=self._on_lost, on_ready=self._on_ready,
                                heartbeat=heartbeat, heartbeat_timeout=heartbeat_timeout, resolver=resolver,
-                               resolve_interval=resolve_interval)
+                               resolve_interval=resolve_interval, max_reply_size=self.max_reply_size, curve=curve)
         self._reaper = gevent.spawn(self._reap)
 
     def __repr__(self) -> str:
@@ -287,11 +295,10 @@ class ServiceClient:
 
     def _queue(self, msg_id: bytes, call: Call) -> None:
         """Queue a call for a worker with room, or refuse it (raise) when it could not go anywhere soon."""
-        refused = self.pool.refused_reason()
+        refused = self.pool.refusal()
         if refused is not None:
             self.calls.pop(msg_id)
-            raise AuthenticationError(f"every worker of {self.pool.describe()} refused our signature: {refused} "
-                                      "(is the passphrase the same on both sides?)")
+            raise AuthenticationError(refused)
         if not self.available:
             error = self._refuse(msg_id, self._no_connection(f"for {self.connect_timeout:g}s"))
             if getcurrent() is not get_hub():
@@ -348,10 +355,9 @@ class ServiceClient:
                     break
                 msg_id, call = first
                 calls.pop(msg_id)
-                refused = self.pool.refused_reason()
+                refused = self.pool.refusal(wait_for_connecting=False)
                 if refused is not None:
-                    self._fail_call(call, AuthenticationError(
-                        f"every worker of {self.pool.describe()} refused our signature: {refused}"))
+                    self._fail_call(call, AuthenticationError(refused))
                 else:
                     self.stats["unavailable"] += 1
                     self._fail_call(call, self._no_connection(f"within {self.connect_timeout:g}s"))
@@ -360,9 +366,9 @@ class ServiceClient:
 
     def _await_room(self, connected: bool) -> bool:
         """Wait for a reason to try a queued call again; False when it cannot go anywhere (no connection for
-        the connect timeout, or every worker refuses our signature)."""
+        the connect timeout, or the service refuses us: our signature, or our CURVE handshake)."""
         self._wake.clear()
-        if self.pool.refused_reason() is not None:
+        if self.pool.refusal() is not None:
             return False
         since = self.pool.unconnected_since()
         if since is None:  # connected: every worker is full, busy or draining, or its queue is full
@@ -385,7 +391,7 @@ class ServiceClient:
             env = envelope.parse_envelope(frames)
         except ProtocolError as err:
             self.stats["malformed"] += 1
-            log.warning("dropped malformed message from %s: %s", worker.address, err)
+            self._log.log(logging.WARNING, "malformed", "dropped malformed message from %s: %s", worker.address, err)
             return
         kind = env.kind
         if kind == envelope.REP:
@@ -398,27 +404,37 @@ class ServiceClient:
             self._on_drain(worker, env)
         else:
             self.stats["malformed"] += 1
-            log.warning("dropped unexpected %r message from %s", kind, worker.address)
+            self._log.log(logging.WARNING, "unexpected", "dropped unexpected %r message from %s", kind,
+                          worker.address)
 
     def _on_reply(self, worker: Worker, env: envelope.Envelope) -> None:
+        expected = self.calls.get(env.msg_id)
+        if expected is None or expected.worker is not worker:
+            # Late (timed out, failed), or not ours: dropped before its signature is checked, so that a
+            # worker sending replies nobody asked for costs little.
+            self.stats["late"] += 1
+            self._log.log(logging.WARNING, "late", "dropped reply %r from %s: no call of ours in flight there "
+                          "with that id (it timed out or failed, or was never ours)", env.msg_id, worker.address)
+            return
         try:
             response = envelope.parse_reply(env, self.signer, now_ms(), self.window_ms)
         except AuthenticationError as err:
             self.stats["forged"] += 1
-            log.warning("dropped reply from %s that failed verification: %s", worker.address, err)
+            self._log.log(logging.WARNING, "forged", "dropped reply from %s that failed verification: %s",
+                          worker.address, err)
             return
         except ProtocolError as err:
             self.stats["malformed"] += 1
-            log.warning("malformed reply from %s: %s", worker.address, err)
+            self._log.log(logging.WARNING, "malformed reply", "malformed reply from %s: %s", worker.address, err)
             self._fail(env.msg_id, worker, ProtocolError(f"the service's reply does not parse: {err}"))
             return
         now = time.monotonic()
         self.pool.heard(worker, now)
         call = self.calls.answer(env.msg_id, worker, _REQ)
-        if call is None:
+        if call is None:  # (a PING's id: a REP does not answer it)
             self.stats["late"] += 1
-            log.warning("dropped late or unknown reply %r from %s for %s (%d %s)", env.msg_id, worker.address,
-                        response.path, response.status_code, response.status_msg)
+            self._log.log(logging.WARNING, "late", "dropped reply %r from %s: no request of ours has that id",
+                          env.msg_id, worker.address)
             return
         worker.latencies.append(now - call.sent_at)
         self.stats["replies"] += 1
@@ -438,7 +454,7 @@ class ServiceClient:
             header, _ = envelope.parse_control(env, None, now_ms(), self.window_ms)
         except ProtocolError as err:
             self.stats["malformed"] += 1
-            log.warning("malformed ERR from %s: %s", worker.address, err)
+            self._log.log(logging.WARNING, "malformed ERR", "malformed ERR from %s: %s", worker.address, err)
             return
         if env.msg_id.startswith(b"hb-"):  # a heartbeat of ours
             if header.status == 401:
@@ -447,11 +463,11 @@ class ServiceClient:
         call = self.calls.get(env.msg_id)
         if call is None or call.worker is not worker:
             self.stats["late"] += 1
-            log.warning("dropped ERR %d from %s for a call not in flight there: %r", header.status,
-                        worker.address, env.msg_id)
+            self._log.log(logging.WARNING, "stray ERR", "dropped ERR %d from %s for a call not in flight there: %r",
+                          header.status, worker.address, env.msg_id)
             return
-        log.warning("service at %s rejected call %r: %d %s", worker.address, env.msg_id, header.status,
-                    header.msg)
+        self._log.log(logging.WARNING, "rejected", "service at %s rejected call %r: %d %s", worker.address,
+                      env.msg_id, header.status, header.msg)
         error: ServiceError
         if header.status == 401:
             error = AuthenticationError(f"the service at {worker.address} refused our signature: {header.msg} "
@@ -466,7 +482,7 @@ class ServiceClient:
             _, info = envelope.parse_control(env, self.signer, now_ms(), self.window_ms)
         except ServiceError as err:
             self.stats["forged"] += 1
-            log.warning("dropped PONG from %s: %s", worker.address, err)
+            self._log.log(logging.WARNING, "forged PONG", "dropped PONG from %s: %s", worker.address, err)
             return
         self.pool.heard(worker, time.monotonic())
         call = self.calls.answer(env.msg_id, worker, _PING)
@@ -479,7 +495,7 @@ class ServiceClient:
             _, info = envelope.parse_control(env, self.signer, now_ms(), self.window_ms)
         except ServiceError as err:
             self.stats["forged"] += 1
-            log.warning("dropped DRAIN from %s: %s", worker.address, err)
+            self._log.log(logging.WARNING, "forged DRAIN", "dropped DRAIN from %s: %s", worker.address, err)
             return
         self.pool.heard(worker, time.monotonic())
         if not worker.draining:
@@ -516,7 +532,7 @@ class ServiceClient:
         if call.on_error is not None:
             self._callbacks.dispatch((call.on_error, error))
         else:
-            log.warning("call to %s failed: %s", call.path, error)
+            self._log.log(logging.WARNING, "failed", "call to %s failed: %s", call.path, error)
 
     def _run_callback(self, item: tuple[Any, Any]) -> None:
         callback, value = item
@@ -575,6 +591,7 @@ class ServiceClient:
         for _, call in self.calls.drain():
             self._fail_call(call, ServiceUnavailable("the service client was closed"))
         self.pool.close()
+        self._log.close()
         greenlets = [self._reaper, *([self._flusher] if self._flusher is not None else [])]
         gevent.killall(greenlets, block=False)
         self._callbacks.close()

@@ -23,7 +23,6 @@ A client closing gracefully waits for the table to empty: `on_empty` is called w
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from collections import deque
@@ -121,10 +120,6 @@ class PendingCalls:
     """The table of outstanding calls of one client, keyed by correlation id, and its waiting queue."""
 
     def __init__(self) -> None:
-        # A per-client random prefix keeps ids unique across client restarts, so an old reply can never
-        # match a new call.
-        self._prefix = os.urandom(4).hex().encode("ascii")
-        self._counter = itertools.count(1)
         self._calls: dict[bytes, Call] = {}
         self._slots: dict[int, set[bytes]] = {}  # expiry bucket -> ids of the calls that expire in it
         self._earliest: int | None = None
@@ -148,7 +143,13 @@ class PendingCalls:
         return self._calls.get(msg_id)
 
     def new_id(self) -> bytes:
-        return b"%s-%x" % (self._prefix, next(self._counter))
+        """A fresh correlation id: 64 random bits, as 16 hex digits. Random rather than counted, so that a
+        peer that saw some ids cannot name another call's (an unsigned ERR with a guessed id could fail
+        it), and ids stay unique across client restarts (an old reply never matches a new call)."""
+        while True:
+            msg_id = os.urandom(8).hex().encode("ascii")
+            if msg_id not in self._calls:
+                return msg_id
 
     # -- into the table ----------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ Nothing here reads a clock or touches a socket: callers pass `now_ms` in and sen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -28,9 +28,17 @@ MARKER = b"BRS1"
 REQ, REP, PING, PONG, DRAIN, ERR = b"REQ", b"REP", b"PING", b"PONG", b"DRAIN", b"ERR"
 KINDS = frozenset({REQ, REP, PING, PONG, DRAIN, ERR})
 FRAMES = 6
+#: Routing frames a service accepts before the envelope: a DEALER connected straight to it adds one; the
+#: rest allow for ZeroMQ devices in between. More is refused unanswered (nothing echoes them back).
+MAX_ROUTING_FRAMES = 4
 MAX_ID_SIZE = 64
 #: The longest text an ERR carries (characters).
 MAX_ERROR_TEXT = 200
+
+
+#: Headers a REQ or REP may carry at most (a longer list is a malformed message).
+MAX_HEADERS = 256
+Headers = Annotated[dict[str, str], msgspec.Meta(max_length=MAX_HEADERS)]
 
 
 class RequestHeader(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -39,7 +47,7 @@ class RequestHeader(msgspec.Struct, kw_only=True, omit_defaults=True):
     seq: int
     path: str
     method: str = "request"
-    headers: dict[str, str] = {}
+    headers: Headers = {}
     conn_id: str = ""
     deadline: int | None = None
 
@@ -50,7 +58,7 @@ class ReplyHeader(msgspec.Struct, kw_only=True, omit_defaults=True):
     msg: str = ""
     path: str = ""
     method: str = "response"
-    headers: dict[str, str] = {}
+    headers: Headers = {}
     conn_id: str = ""
 
 
@@ -71,6 +79,10 @@ _reply_header = msgspec.json.Decoder(ReplyHeader).decode
 _control_header = msgspec.json.Decoder(ControlHeader).decode
 _arguments = msgspec.json.Decoder(dict[str, Any]).decode
 _any = msgspec.json.Decoder().decode
+# What those decoders raise for a header or body that is not what it must be: msgspec's errors, but for a
+# string that is not UTF-8 UnicodeDecodeError in msgspec 0.18 (DecodeError in 0.23), and RecursionError for
+# JSON nested too deep.
+_MALFORMED = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
 
 
 @dataclass(slots=True)
@@ -138,9 +150,9 @@ def build_error(msg_id: bytes, status: int, msg: str, now_ms: int) -> list[bytes
 
 def split_routing(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     """Split what a ROUTER received into (routing frames, envelope frames): the envelope is the last six."""
-    if len(frames) < FRAMES + 1:
-        raise ProtocolError(f"expected at least one routing frame and then the {FRAMES} envelope frames, got "
-                            f"{len(frames)} frames in all")
+    if not FRAMES + 1 <= len(frames) <= FRAMES + MAX_ROUTING_FRAMES:
+        raise ProtocolError(f"expected 1..{MAX_ROUTING_FRAMES} routing frames and then the {FRAMES} envelope "
+                            f"frames, got {len(frames)} frames in all")
     return frames[:-FRAMES], frames[-FRAMES:]
 
 
@@ -184,7 +196,7 @@ def parse_request(envelope: Envelope, signer: Signer, now_ms: int, guard: Replay
     try:
         header = _request_header(envelope.header)
         arguments = _arguments(envelope.body)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:  # (nested too deep)
+    except _MALFORMED as exc:
         raise ProtocolError(f"request: {exc}") from None
     if header.deadline is not None and header.deadline < now_ms:
         raise RequestExpired(f"arrived {(now_ms - header.deadline) / 1000:.1f}s after its caller's deadline (it "
@@ -206,7 +218,7 @@ def parse_reply(envelope: Envelope, signer: Signer, now_ms: int, window_ms: int)
     try:
         header = _reply_header(envelope.header)
         body = _any(envelope.body)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:  # (nested too deep)
+    except _MALFORMED as exc:
         raise ProtocolError(f"reply: {exc}") from None
     _fresh(header.ts, now_ms, window_ms)
     return ServiceResponse(status_code=header.status, status_msg=header.msg, body=body, path=header.path,
@@ -222,7 +234,7 @@ def parse_control(envelope: Envelope, signer: Signer | None, now_ms: int,
     try:
         header = _control_header(envelope.header)
         body = _any(envelope.body) if envelope.body else None
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:  # (nested too deep)
+    except _MALFORMED as exc:
         raise ProtocolError(f"control message: {exc}") from None
     if signer is not None:
         _fresh(header.ts, now_ms, window_ms)

@@ -18,6 +18,7 @@ from brubeckservice.client import DEFAULT_TIMEOUT, ServiceClient
 from brubeckservice.errors import ServiceError
 from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.models import ServiceRequest, ServiceResponse
+from brubeckservice.signing import Passphrases
 
 log = logging.getLogger("brubeckservice.mixin")
 
@@ -43,15 +44,16 @@ class ServiceClientMixin:
     message: Any
 
     def register_service(self, service_addr: str, service_response_addr: str | None = None,
-                         passphrase: str | bytes = "", **options: Any) -> ServiceClient:
+                         passphrase: Passphrases = "", **options: Any) -> ServiceClient:
         """Connect this application to a service once; later calls return the same client, and the
         application's `close()` closes it.
 
         Options go to `ServiceClient`: e.g. `timeout`, how long a call to this service waits for its reply
         (else the app's `service_timeout` setting, else 30 s), and `connect_timeout`, how long a call waits
-        for a connection to it (else the app's `service_connect_timeout` setting, else 3 s). The app's
-        `close()` (the end of `run()`) closes the client, waiting for its calls still out at most the app's
-        `service_close_timeout` setting (else 5 s).
+        for a connection to it (else the app's `service_connect_timeout` setting, else 3 s), and `curve`
+        (a `brubeckservice.curve.CurveClient`: the service's public key and this app's key pair; no app
+        setting, as each service has a key of its own). The app's `close()` (the end of `run()`) closes the
+        client, waiting for its calls still out at most the app's `service_close_timeout` setting (else 5 s).
         """
         services = registry(self.application)
         client = services.get(service_addr)

@@ -14,6 +14,10 @@ Liveness, from two kinds of heartbeat:
   not been heard from for `heartbeat_timeout` is *busy* (a handler holds its CPU, or it is stuck): it gets
   no new calls, and its calls in flight wait for their replies, bounded by their own timeouts. It is never
   declared dead for that.
+- A worker whose handshake refuses us (CURVE: our key not allowed, a wrong server key, one side without
+  CURVE; read from the monitor, curve.py) is *refused* until a handshake succeeds: the calls waiting for a
+  worker fail with AuthenticationError once every worker we reached refuses us. Where libzmq gives the
+  connection up, we reconnect ourselves, 1 s later and then up to every RETRY_REFUSED_MAX.
 
 Membership: the configured addresses, every record of the DNS names among them (re-resolved every
 `resolve_interval`, and soon after a worker is lost), and the sibling workers a worker lists in its PONG.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -41,6 +46,7 @@ from brubeck.transports.channel import Channel, set_heartbeats
 from brubeckservice import envelope
 from brubeckservice.addresses import canonical
 from brubeckservice.clock import now_ms
+from brubeckservice.curve import HANDSHAKE_FAILED, CurveClient, HandshakeFailure, handshake_failure
 from brubeckservice.discovery import Resolver, needs_resolving
 from brubeckservice.errors import ServiceError
 from brubeckservice.signing import Signer
@@ -54,8 +60,15 @@ DEFAULT_RESOLVE_INTERVAL = 5.0
 #: What a worker is assumed to take at once before its first PONG says, and when its PONG does not say.
 CAPACITY_BEFORE_REPORT = 1
 CAPACITY_UNREPORTED = 100
+#: Sibling workers taken from one worker's PONG at most (a PONG is signed, but a broken worker must not
+#: make us open thousands of connections).
+MAX_LISTED = 64
+MAX_ADDRESS = 1024  # characters, for one listed address
 #: Replies kept per worker for its recent latency.
 LATENCY_SAMPLES = 256
+#: The longest wait, in seconds, between our own reconnects to a worker whose handshake refused us in a way
+#: libzmq does not retry (a CURVE key not allowed, a mechanism mismatch): 1 s, doubling to this.
+RETRY_REFUSED_MAX = 5.0
 
 # A connection is usable once its ZMTP handshake is done: only then does ZMQ_IMMEDIATE let a message be
 # queued to it. libzmq reports that from 4.3 on; older ones report only the transport's connect.
@@ -69,9 +82,10 @@ class Worker:
     """One worker address: its socket, connection, reported load, liveness and calls in flight (the count is
     kept by correlation.PendingCalls)."""
 
-    __slots__ = ("address", "capacity", "channel", "connected", "draining", "ever_connected", "heard_at",
-                 "index", "inflight", "latencies", "leaving", "load", "load_mine", "monitor", "reason", "refused",
-                 "reported", "socket", "source", "state", "unconnected_since")
+    __slots__ = ("address", "capacity", "channel", "connected", "draining", "ever_connected", "handshake_failures",
+                 "handshake_refused", "heard_at", "index", "inflight", "latencies", "leaving", "load", "load_mine",
+                 "monitor", "reason", "refused", "reported", "retry_at", "socket", "source", "state",
+                 "unconnected_since")
 
     def __init__(self, address: str, source: str, index: int) -> None:
         self.address = address
@@ -92,6 +106,9 @@ class Worker:
         self.load_mine = 0  # our calls in flight there when it reported
         self.draining = False
         self.refused: str | None = None  # why it refused our signature, while it does
+        self.handshake_refused: str | None = None  # why its handshake (CURVE) refused us, until one succeeds
+        self.handshake_failures = 0  # handshakes failed since the last that succeeded
+        self.retry_at = 0.0  # when we reconnect, after a refusal libzmq does not retry itself (0: not due)
         self.leaving = False
         self.state = CONNECTING if not self.connected else ALIVE  # as last logged
         self.reason = "connecting"
@@ -109,6 +126,8 @@ class Worker:
         if self.leaving:
             return LEAVING
         if not self.connected:
+            if self.handshake_refused is not None:
+                return REFUSED
             return DEAD if self.ever_connected else CONNECTING
         if self.refused is not None:
             return REFUSED
@@ -160,13 +179,15 @@ class WorkerPool:
     `on_lost(worker)` is called when a worker's connection drops, `on_ready()` when a worker may have room
     (a connection came up, a report arrived, a busy one answered again)."""
 
-    def __init__(self, addresses: Sequence[str], *, context: zmq.Context[zmq.Socket[bytes]], session: str,
+    def __init__(self, addresses: Sequence[str], *, context: zmq.Context[zmq.Socket[bytes]],
                  signer: Signer, on_frames: OnFrames, on_lost: Callable[[Worker], None],
                  on_ready: Callable[[], None], heartbeat: float = DEFAULT_HEARTBEAT,
                  heartbeat_timeout: float | None = None, resolver: Resolver | None = None,
-                 resolve_interval: float = DEFAULT_RESOLVE_INTERVAL) -> None:
+                 resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
+                 max_reply_size: int = envelope.DEFAULT_MAX_MESSAGE_SIZE, curve: CurveClient | None = None) -> None:
         self.context = context
-        self.session = session
+        self.curve = curve
+        self.max_reply_size = max_reply_size
         self.signer = signer
         self.heartbeat = heartbeat
         self.heartbeat_timeout = 3 * heartbeat if heartbeat_timeout is None else heartbeat_timeout
@@ -177,7 +198,6 @@ class WorkerPool:
         self.workers: list[Worker] = []
         self._by_address: dict[str, Worker] = {}
         self._indexes = 0
-        self._hb = 0
         self._closed = False
         self.started_at = time.monotonic()
         self._names = [a for a in addresses if needs_resolving(a)]
@@ -204,15 +224,20 @@ class WorkerPool:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to live connections: no send into the void
         sock.setsockopt(zmq.IPV6, 1)  # (DNS may answer AAAA records: tcp://[fd00::5]:6000)
-        sock.setsockopt(zmq.ROUTING_ID, f"{self.session}-{worker.index}".encode())
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_reply_size)  # a bigger frame: ZeroMQ drops the connection
+        # No ROUTING_ID of our own: the service's ROUTER then makes one up for each connection, which never
+        # crosses the wire, so a peer cannot take our slot by connecting first with our id (issue 11).
+        if self.curve is not None:
+            self.curve.apply(sock)  # (before it connects)
         ivl = set_heartbeats(sock, self.heartbeat)
         # A TCP connect to a host cut off waits for the kernel's SYN retries (1, 3, 7, 15 s...) without this.
         sock.setsockopt(zmq.CONNECT_TIMEOUT, max(1000, 2 * ivl))
-        monitor = sock.get_monitor_socket(USABLE | zmq.EVENT_DISCONNECTED)
+        # A refused handshake is reported on the monitor only (libzmq retries, or gives up, quietly).
+        monitor = sock.get_monitor_socket(USABLE | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
         # Replies and connection events are handled in the hub as they arrive (brubeck's Channel):
         # no listener greenlet stands between a reply and its caller.
         worker.socket = sock
-        worker.channel = Channel(sock, partial(self._on_frames, worker), log=log)
+        worker.channel = Channel(sock, partial(self._on_frames, worker), log=log, max_frames=envelope.FRAMES)
         worker.monitor = Channel(monitor, partial(self._on_event, worker), log=log)
         sock.connect(address)
         self.workers.append(worker)
@@ -287,10 +312,12 @@ class WorkerPool:
     def _ping(self, worker: Worker, body: dict[str, Any] | None = None) -> None:
         if worker.channel is None:
             return
-        self._hb += 1
+        # Random, not counted: a service refuses a PING it has seen (by its MAC), and two clients' PINGs
+        # signed in the same millisecond must differ (docs/protocol.md §4).
+        msg_id = b"hb-" + os.urandom(8).hex().encode("ascii")
         # No usable connection, or its queue is full: the next beat tries again.
         with contextlib.suppress(zmq.ZMQError):
-            worker.channel.send(envelope.build_ping(self.signer, b"hb-%x" % self._hb, now_ms(), body))
+            worker.channel.send(envelope.build_ping(self.signer, msg_id, now_ms(), body))
 
     def _beat(self) -> None:
         """Every `heartbeat`: a PING to each connected worker, and the states that time changes (busy)."""
@@ -300,6 +327,8 @@ class WorkerPool:
                 for worker in list(self.workers):
                     if worker.connected:
                         self._ping(worker)
+                    elif worker.retry_at and time.monotonic() >= worker.retry_at:
+                        self._reconnect(worker)
                     self._note(worker)
                     self._retire_if_idle(worker)
             except Exception:  # the heartbeat must not die
@@ -330,7 +359,11 @@ class WorkerPool:
             self._note(worker, "accepts our signature again")
         listed = info.get("workers")
         if isinstance(listed, list):
-            siblings = {canonical(sibling_address(a, worker.address)) for a in listed if isinstance(a, str) and a}
+            if len(listed) > MAX_LISTED and worker.address not in self._listed:
+                log.warning("worker %s lists %d workers; taking the first %d", worker.address, len(listed),
+                            MAX_LISTED)
+            siblings = {canonical(sibling_address(a, worker.address))
+                        for a in listed[:MAX_LISTED] if isinstance(a, str) and 0 < len(a) <= MAX_ADDRESS}
             if siblings != self._listed.get(worker.address, set()):
                 self._listed[worker.address] = siblings
                 self._sync()
@@ -348,15 +381,24 @@ class WorkerPool:
         if drain_id is not None:
             self._ping(worker, {"drain_ack": drain_id.decode("ascii", "replace")})
 
-    def refuse(self, worker: Worker, why: str) -> None:
-        """It refused our heartbeat's signature."""
+    def refuse(self, worker: Worker, why: str, *, handshake: bool = False) -> None:
+        """It refused our heartbeat's signature; or (`handshake`) its connection's handshake refused us
+        (CURVE), which a handshake that succeeds undoes."""
+        if handshake:
+            if worker.handshake_refused != why:
+                worker.handshake_refused = why
+                self._note(worker, f"its handshake refused us: {why}")
+                self._on_ready()  # calls waiting for a worker learn of it now
+            return
         if worker.refused is None:
             worker.refused = why
             self._note(worker, f"refuses our signature: {why} (is the passphrase the same on both sides?)")
 
     def _on_event(self, worker: Worker, frames: list[bytes]) -> None:
-        event = parse_monitor_message(frames)["event"]
+        message = parse_monitor_message(frames)
+        event = message["event"]
         if event == USABLE:
+            worker.handshake_refused, worker.handshake_failures, worker.retry_at = None, 0, 0.0
             worker.connected = worker.ever_connected = True
             worker.heard_at = time.monotonic()
             worker.draining = False  # a new process behind the address (a restarted worker)
@@ -382,6 +424,31 @@ class WorkerPool:
             self._resolve_now.set()
             self._retire_if_idle(worker)
             self._on_ready()  # calls waiting for room may now be waiting for a connection: a shorter bound
+        elif event & HANDSHAKE_FAILED:
+            failure = handshake_failure(int(event), int(message["value"]), self.curve is not None)
+            if failure is not None:
+                self._handshake_failed(worker, failure)
+
+    def _handshake_failed(self, worker: Worker, failure: HandshakeFailure) -> None:
+        """A refusal at once when libzmq gives the connection up; else (it retries) when it happens twice in
+        a row, as a process dying mid-handshake looks like one wrong server key."""
+        worker.handshake_failures += 1
+        if failure.definite:
+            # Reconnect ourselves later, so that a key allowed meanwhile is found without a restart.
+            worker.retry_at = time.monotonic() + min(RETRY_REFUSED_MAX, 2.0 ** (worker.handshake_failures - 1))
+        if failure.definite or worker.handshake_failures >= 2:
+            self.refuse(worker, failure.reason, handshake=True)
+
+    def _reconnect(self, worker: Worker) -> None:
+        worker.retry_at = 0.0
+        if worker.socket is None:
+            return
+        with contextlib.suppress(zmq.ZMQError):
+            worker.socket.disconnect(worker.address)
+        try:
+            worker.socket.connect(worker.address)
+        except zmq.ZMQError as exc:
+            log.warning("cannot reconnect to %s: %s", worker.address, exc)
 
     def _note(self, worker: Worker, why: str | None = None, level: int | None = None) -> None:
         """Log a worker's change of state once, with its reason."""
@@ -418,12 +485,24 @@ class WorkerPool:
                 best, best_free = worker, free
         return best
 
-    def refused_reason(self) -> str | None:
-        """Why calls cannot go anywhere when every connected worker refuses our signature; else None."""
-        connected = [w for w in self.workers if w.connected and not w.leaving]
-        if connected and all(w.refused is not None for w in connected):
-            return connected[0].refused
-        return None
+    def refusal(self, *, wait_for_connecting: bool = True) -> str | None:
+        """Why calls cannot go anywhere, as the message of their AuthenticationError, when the service refuses
+        us: every connected worker refuses our signature, or none is connected and the handshakes (CURVE) of
+        those that got that far refused us; else None. A worker still on its first connection attempt may yet
+        accept us: while one is (and `wait_for_connecting`), refused handshakes are no reason yet."""
+        live = [w for w in self.workers if not w.leaving]
+        connected = [w for w in live if w.connected]
+        if connected:
+            if all(w.refused is not None for w in connected):
+                return (f"every worker of {self.describe()} refused our signature: {connected[0].refused} (is the "
+                        "passphrase the same on both sides?)")
+            return None
+        refused = [w for w in live if w.handshake_refused is not None]
+        if not refused:
+            return None
+        if wait_for_connecting and any(not w.ever_connected and w.handshake_refused is None for w in live):
+            return None
+        return f"CURVE handshake with {refused[0].address} refused: {refused[0].handshake_refused}"
 
     def unconnected_since(self) -> float | None:
         """Since when no worker has had a usable connection (a time.monotonic() value); None while one has."""

@@ -36,6 +36,7 @@ from greenlet import getcurrent
 
 from brubeck import __version__
 from brubeck.errors import ConfigurationError
+from brubeck.throttle import LogThrottle
 from brubeck.transports.channel import Channel, Pump, set_heartbeats
 from brubeckservice import envelope
 from brubeckservice.addresses import (
@@ -46,10 +47,13 @@ from brubeckservice.addresses import (
     ipc_inode,
     ipc_listener,
     prepare_ipc,
+    reachable_from_other_hosts,
     remove_ipc,
     tcp_listener_pid,
 )
+from brubeckservice.admission import DEFAULT_AUTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Admission
 from brubeckservice.clock import now_ms
+from brubeckservice.curve import HANDSHAKE_FAILED, CurveServer, Gatekeeper, HandshakeWatch
 from brubeckservice.envelope import DEFAULT_MAX_MESSAGE_SIZE
 from brubeckservice.errors import (
     AddressInUse,
@@ -60,7 +64,7 @@ from brubeckservice.errors import (
 )
 from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.models import ServiceRequest, ServiceResponse
-from brubeckservice.signing import ReplayGuard, Signer
+from brubeckservice.signing import Passphrases, ReplayGuard, SeenMacs, Signer
 
 if TYPE_CHECKING:
     from brubeck.types import Application
@@ -71,6 +75,9 @@ log = logging.getLogger("brubeckservice.server")
 DEFAULT_CAPACITY = 100
 #: Clients remembered at most (for DRAIN); past it, the one heard from least recently is forgotten.
 MAX_CLIENTS = 10_000
+#: How long a reply waits at most for room in the queue to a caller that reads nothing (docs/protocol.md
+#: §1): a caller that has left 10,000 replies unread that long loses the next ones until it reads again.
+SEND_PATIENCE = 5.0
 
 #: A client connection, as the ROUTER names it: the routing frames it prefixes to that client's messages.
 Peer = tuple[bytes, ...]
@@ -107,15 +114,25 @@ class ServiceConnection:
       `service_addr`. `service_addr` is then the address bound, `configured_addr` the one given.
     - `workers`: every worker address of this service on this host, listed in PONG; else
       $BRUBECK_SERVICE_WORKERS (comma-separated); else none (and PONG has no `workers`).
+    - `curve`: a `brubeckservice.curve.CurveServer`: ZeroMQ CURVE beneath the signatures (its keys, the
+      clients allowed, a next key on a second address; docs/protocol.md §1). Without it, a tcp address that
+      other hosts can reach is logged as a warning: the traffic is signed but not encrypted.
+    - `max_connections`, `auth_timeout`, `idle_timeout`: which connections it keeps (ipc and tcp;
+      brubeckservice/admission.py): at most `max_connections` (default: the file-descriptor limit less
+      100), none that has sent no correctly signed message `auth_timeout` (10) seconds after connecting,
+      none silent for `idle_timeout` (300) seconds. At the limit the oldest connection that never signed
+      makes room (docs/security.md).
     """
 
     base_handler: type[ServiceMessageHandler] = ServiceMessageHandler
 
-    def __init__(self, service_addr: str, service_response_addr: str | None = None, passphrase: str | bytes = "",
+    def __init__(self, service_addr: str, service_response_addr: str | None = None, passphrase: Passphrases = "",
                  *, context: zmq.Context[zmq.Socket[bytes]] | None = None, window_ms: int = 30_000,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, capacity: int | None = None,
                  max_queued: int = 1000, drain_grace: float = 30.0, heartbeat: float = 0.5,
-                 bind: str | None = None, workers: Sequence[str] | None = None) -> None:
+                 bind: str | None = None, workers: Sequence[str] | None = None,
+                 curve: CurveServer | None = None, max_connections: int | None = None,
+                 auth_timeout: float = DEFAULT_AUTH_TIMEOUT, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
         if capacity is not None and capacity < 1:
             raise ConfigurationError(f"capacity must be at least 1, got {capacity}")
         if max_queued < 0:
@@ -125,11 +142,15 @@ class ServiceConnection:
                                      f"and {drain_grace}")
         self.configured_addr = service_addr
         self.service_addr = self._bind_address(service_addr, bind)
+        self._check_transport(curve)
         self.service_response_addr = service_response_addr
         listed = os.environ.get(WORKERS_ENV, "")
         self.workers = list(workers) if workers is not None else endpoints(listed) if listed.strip() else []
         self.signer = Signer(passphrase)
         self.guard = ReplayGuard(window_ms)
+        self.pings = SeenMacs(window_ms)  # a PING captured and played again gets no PONG
+        self._log = LogThrottle(log)  # what peers send is logged at a bounded rate (brubeck.throttle)
+        self._blocked: dict[Peer, float] = {}  # callers whose queue was full, since when (monotonic)
         self.window_ms = window_ms
         self.stats: Counter[str] = Counter()
         self.inflight = 0
@@ -142,9 +163,19 @@ class ServiceConnection:
         self._started = time.monotonic()
         self._own_context = context is None
         self.context = context if context is not None else zmq.Context()
+        self.curve = curve
+        self._admission_options = (max_connections, auth_timeout, idle_timeout)
+        #: Which connections it keeps (brubeckservice/admission.py); None on inproc, which has none to close.
+        self.admission: Admission | None = None
+        self._gatekeeper: Gatekeeper | None = None  # the ZAP handler (with CURVE)
+        self._watch: HandshakeWatch | None = None  # counts and logs refused handshakes (with CURVE)
+        #: The addresses bound, as libzmq names them (`*` ports resolved): service_addr, then curve.next_bind.
+        self.bound: list[str] = []
         self.socket = self._open(max_message_size)
-        self.channel = Channel(self.socket)
+        self.channel = Channel(self.socket, max_frames=envelope.FRAMES + envelope.MAX_ROUTING_FRAMES,
+                               track_source=self.admission is not None)
         self._ipc_inode = ipc_inode(self.service_addr)
+        self._next_ipc_inode = ipc_inode(curve.next_bind) if curve is not None and curve.next_bind else None
         self._closed = False
         self._stopped = Event()
         self._pump: Pump[ServiceRequest] | None = None
@@ -170,13 +201,48 @@ class ServiceConnection:
         sock.setsockopt(zmq.SNDHWM, 10_000)  # replies queued per caller before it must read
         set_heartbeats(sock, self.heartbeat)
         try:
+            curve = self.curve
+            if curve is not None:
+                self._gatekeeper = curve.secure(sock, self.context)  # its keys, the ZAP domain and handler
+                self._watch = HandshakeWatch(self.stats, self._gatekeeper, log)
+            if not self.service_addr.startswith("inproc://"):
+                # The socket's one monitor (libzmq keeps one per socket): it hands failed handshakes on.
+                watch = self._watch
+                most, auth_timeout, idle_timeout = self._admission_options
+                self.admission = Admission(sock, self.stats, log, max_connections=most, auth_timeout=auth_timeout,
+                                           idle_timeout=idle_timeout,
+                                           extra_events=HANDSHAKE_FAILED if watch is not None else 0,
+                                           on_event=watch.on_event if watch is not None else None)
+            elif self._watch is not None:
+                self._watch.monitor(sock)
             self._bind(sock, self.service_addr)
+            self.bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+            if curve is not None and curve.next_keys is not None and curve.next_bind is not None:
+                # libzmq copies a socket's options into a listener when it binds: this one serves the next key.
+                curve.use_key(sock, curve.next_keys)
+                self._bind(sock, curve.next_bind)
+                self.bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         except BaseException:
+            if self.admission is not None:
+                self.admission.close()
+            self._close_curve()
             sock.close(linger=0)
             if self._own_context:
                 self.context.term()
             raise
         return sock
+
+    def _check_transport(self, curve: CurveServer | None) -> None:
+        """CURVE where it applies; without it, a warning when other hosts can reach the address."""
+        if curve is None:
+            if reachable_from_other_hosts(self.service_addr):
+                log.warning("%s can be reached from other hosts without CURVE: its traffic is signed but not "
+                            "encrypted, and any host that reaches the port can connect (give the ServiceConnection "
+                            "curve=, docs/security.md §5)", self.service_addr)
+        elif self.service_addr.startswith("inproc://") or (curve.next_bind or "").startswith("inproc://"):
+            raise ConfigurationError(f"CURVE does not apply to inproc:// (it has no handshake: libzmq delivers what "
+                                     f"any socket of the context sends): bind {self.service_addr} over ipc:// or "
+                                     "tcp://, or drop curve=")
 
     @staticmethod
     def _bind_address(service_addr: str, bind: str | None) -> str:
@@ -227,6 +293,13 @@ class ServiceConnection:
 
     def accept(self, frames: list[bytes]) -> ServiceRequest | None:
         """Check one received message; return the request to serve, or None when it was dealt with here."""
+        if len(frames) > envelope.FRAMES + envelope.MAX_ROUTING_FRAMES:
+            # (Channel kept only the first of them.) Nothing is answered: an ERR would go back to the
+            # "routing" frames, that is to the frames themselves.
+            self.stats["malformed"] += 1
+            self._log.log(logging.WARNING, "too many frames", "dropped a message of more than %d frames on %s, "
+                          "unanswered", envelope.FRAMES + envelope.MAX_ROUTING_FRAMES, self.service_addr)
+            return None
         try:
             routing, body = envelope.split_routing(frames)
             self._heard(tuple(routing))
@@ -235,9 +308,11 @@ class ServiceConnection:
             self.stats["malformed"] += 1
             status = self._reject_malformed(frames, err)
             if status is None:
-                log.warning("dropped malformed message on %s (no id to answer): %s", self.service_addr, err)
+                self._log.log(logging.WARNING, "malformed, unanswered",
+                              "dropped malformed message on %s (no id to answer): %s", self.service_addr, err)
             else:
-                log.warning("malformed message on %s, answered ERR %d: %s", self.service_addr, status, err)
+                self._log.log(logging.WARNING, "malformed, answered", "malformed message on %s, answered ERR %d: %s",
+                              self.service_addr, status, err)
             return None
         if env.kind == envelope.REQ:
             return self._open_request(routing, env)
@@ -245,8 +320,8 @@ class ServiceConnection:
             self._pong(routing, env)
             return None
         self.stats["malformed"] += 1
-        log.warning("refused unexpected %r message %r on %s, answered ERR 400", env.kind, env.msg_id,
-                    self.service_addr)
+        self._log.log(logging.WARNING, "unexpected", "refused unexpected %r message %r on %s, answered ERR 400",
+                      env.kind, env.msg_id, self.service_addr)
         self._send(routing, envelope.build_error(env.msg_id, 400, f"a service does not accept {env.kind!r}",
                                                   now_ms()))
         return None
@@ -257,24 +332,35 @@ class ServiceConnection:
             request = envelope.parse_request(env, self.signer, now, self.guard)
         except AuthenticationError as err:
             self.stats["forged"] += 1
-            log.warning("refused request %r on %s, answered ERR 401: %s", env.msg_id, self.service_addr, err)
+            self._log.log(logging.WARNING, "forged", "refused request %r on %s, answered ERR 401: %s", env.msg_id,
+                          self.service_addr, err)
             self._send(routing, envelope.build_error(env.msg_id, 401, str(err), now))
             return None
         except RequestExpired as err:
             # Its caller has given up: no work, and no answer (docs/protocol.md, REQ).
+            self._signed()
             self.stats["expired"] += 1
-            log.info("skipped request %r on %s, not answered: %s", env.msg_id, self.service_addr, err)
+            self._log.log(logging.INFO, "expired", "skipped request %r on %s, not answered: %s", env.msg_id,
+                          self.service_addr, err)
             return None
         except ProtocolError as err:
             # Correctly signed, so the caller holds the key: answer with a signed 400 it can trust.
+            self._signed()
             self.stats["malformed"] += 1
-            log.warning("malformed request %r on %s, answered REP 400: %s", env.msg_id, self.service_addr, err)
+            self._log.log(logging.WARNING, "malformed request", "malformed request %r on %s, answered REP 400: %s",
+                          env.msg_id, self.service_addr, err)
             bad = ServiceResponse(status_code=400, status_msg="Bad Request",
                                   body=build_error_body("ProtocolError", str(err)))
             self._send(routing, envelope.build_reply(self.signer, env.msg_id, bad, now))
             return None
+        self._signed()
         request.sender = tuple(routing)
         return request
+
+    def _signed(self) -> None:
+        """The message being accepted passed its signature check: its connection is a key holder's."""
+        if self.admission is not None:
+            self.admission.signed(self.channel.source)
 
     def _reject_malformed(self, frames: list[bytes], err: ProtocolError) -> int | None:
         """Answer what looks like our protocol with a usable id with ERR, so the caller fails fast; return
@@ -290,12 +376,16 @@ class ServiceConnection:
     def _pong(self, routing: list[bytes], env: envelope.Envelope) -> None:
         now = now_ms()
         try:
-            _, body = envelope.parse_control(env, self.signer, now, self.window_ms)
+            header, body = envelope.parse_control(env, self.signer, now, self.window_ms)
+            replayed = self.pings.check(env.mac, header.ts, now)
+            if replayed is not None:
+                raise AuthenticationError(replayed)
         except (AuthenticationError, ProtocolError) as err:
             self.stats["forged"] += 1
-            log.warning("refused PING on %s: %s", self.service_addr, err)
+            self._log.log(logging.WARNING, "forged ping", "refused PING on %s: %s", self.service_addr, err)
             self._send(routing, envelope.build_error(env.msg_id, 401, str(err), now))
             return
+        self._signed()
         if self.draining and isinstance(body, dict) and "drain_ack" in body:
             self._acknowledged(tuple(routing), body["drain_ack"])
         self._send(routing, envelope.build_pong(self.signer, env.msg_id, now, self.describe()))
@@ -310,6 +400,8 @@ class ServiceConnection:
         if self.workers:
             info["workers"] = self.workers
         info["stats"] = dict(self.stats)
+        if self.signer.other_keys_used:  # during a rotation: messages signed with another than the first
+            info["stats"]["other_passphrase"] = self.signer.other_keys_used
         return info
 
     # -- clients heard from, for DRAIN ----------------------------------------------------------------
@@ -370,18 +462,28 @@ class ServiceConnection:
 
     def _send(self, routing: list[bytes], frames: list[bytes], deadline: int | None = None) -> None:
         """Send to one caller. When its queue is full (it sends faster than it reads replies), a worker
-        waits for room until the request's deadline (its caller has given up by then); the hub, which
-        must not wait, drops. A caller that is gone (EHOSTUNREACH) is not waited for."""
+        waits for room until the request's deadline (its caller has given up by then), and at most
+        SEND_PATIENCE from when that caller's queue was first found full: a caller that reads nothing
+        holds no worker longer than that, and its later replies are dropped at once until one gets
+        through. The hub, which must not wait, drops. A caller that is gone (EHOSTUNREACH) is not waited
+        for."""
         message = [*routing, *frames]
+        peer = tuple(routing)
         if self.draining and frames[1] != envelope.PONG:
-            self._unread.add(tuple(routing))  # (see _await_settled)
+            self._unread.add(peer)  # (see _await_settled)
         pause = 0.001
         while True:
             try:
                 self.channel.send(message)
+                if self._blocked:
+                    self._blocked.pop(peer, None)
                 return
             except zmq.Again:
-                if getcurrent() is get_hub() or deadline is None or now_ms() >= deadline:
+                blocked = self._blocked.setdefault(peer, time.monotonic())
+                if len(self._blocked) > MAX_CLIENTS:
+                    del self._blocked[next(iter(self._blocked))]
+                if (getcurrent() is get_hub() or deadline is None or now_ms() >= deadline
+                        or time.monotonic() - blocked >= SEND_PATIENCE):
                     err: str = "the caller's queue stayed full"
                     break
                 gevent.sleep(pause)
@@ -390,7 +492,8 @@ class ServiceConnection:
                 err = str(exc)
                 break
         self.stats["undeliverable"] += 1
-        log.warning("could not deliver on %s, dropped: %s", self.service_addr, err)
+        self._log.log(logging.WARNING, "undeliverable", "could not deliver on %s, dropped: %s", self.service_addr,
+                      err)
 
     # -- draining -------------------------------------------------------------------------------------
 
@@ -503,10 +606,25 @@ class ServiceConnection:
         self._closed = True
         self._progress.set()  # a drain in progress returns
         self._stopped.set()
+        self._log.close()
         if self._pump is not None:
             self._pump.close()
+        if self.admission is not None:
+            self.admission.close()  # (its monitor goes before the socket)
         # Answers already sent (the last ones of a drain) get a second to leave; linger 0 would drop them.
         self.channel.close(linger=1000)
+        self._close_curve()
         remove_ipc(self.service_addr, self._ipc_inode)
+        if self.curve is not None and self.curve.next_bind is not None:
+            remove_ipc(self.curve.next_bind, self._next_ipc_inode)
         if self._own_context:
             self.context.term()
+
+    def _close_curve(self) -> None:
+        """Stop the handshake monitor and the ZAP handler: their sockets must be closed before the context."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        if self._gatekeeper is not None:
+            self._gatekeeper.close()
+            self._gatekeeper = None

@@ -31,8 +31,10 @@ from gevent.pool import Pool
 from brubeck.application import Brubeck
 from brubeckservice.client import ServiceClient
 from brubeckservice.correlation import ReplyCallback
+from brubeckservice.curve import CurveClient, CurveServer
 from brubeckservice.envelope import DEFAULT_MAX_MESSAGE_SIZE
 from brubeckservice.server import ServiceConnection
+from brubeckservice.signing import Passphrases
 
 __all__ = ["DEFAULT_PASSPHRASE", "ServicePair"]
 
@@ -49,15 +51,18 @@ class ServicePair:
     `address` binds the service elsewhere, e.g. ``ipc://`` or ``tcp://127.0.0.1:*`` (any free port), to see
     connections come and go: inproc connections report no such events. `client_passphrase` gives the
     client another passphrase than the service's (to test refusals); `timeout`, `connect_timeout` and
-    `on_reply` go to the client; `window_ms` and `max_message_size` to both sides. Other keyword
+    `on_reply` go to the client; `window_ms` and `max_message_size` to both sides; `curve` (a
+    `CurveServer`) to the service and `client_curve` (a `CurveClient`) to the client, for CURVE over
+    ``tcp://`` or ``ipc://`` (inproc has no handshake to secure). Other keyword
     arguments become the app's settings, which handlers read from `self.application.settings`: the place
     to hand them queues or events to report through.
     """
 
-    def __init__(self, handler_tuples: Iterable[tuple[str, Any]], passphrase: str | bytes = DEFAULT_PASSPHRASE,
-                 *, address: str | None = None, client_passphrase: str | bytes | None = None,
+    def __init__(self, handler_tuples: Iterable[tuple[str, Any]], passphrase: Passphrases = DEFAULT_PASSPHRASE,
+                 *, address: str | None = None, client_passphrase: Passphrases | None = None,
                  timeout: float = 5.0, connect_timeout: float | None = None, on_reply: ReplyCallback | None = None,
                  window_ms: int = 30_000, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 curve: CurveServer | None = None, client_curve: CurveClient | None = None,
                  **settings: Any) -> None:
         self.passphrase = passphrase
         self.address = address if address is not None else f"inproc://brubeckservice-{uuid.uuid4().hex}"
@@ -66,21 +71,21 @@ class ServicePair:
         self._sockets: list[zmq.Socket[bytes]] = []
         self._closed = False
         self.connection = ServiceConnection(self.address, None, passphrase, context=self.context,
-                                            window_ms=window_ms, max_message_size=max_message_size)
+                                            window_ms=window_ms, max_message_size=max_message_size, curve=curve)
         # What was bound: "tcp://127.0.0.1:*" becomes the port the system chose.
-        self.address = self.connection.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.address = self.connection.bound[0]
         self.app = Brubeck(msg_conn=self.connection, handler_tuples=handler_tuples, pool=Pool(), **settings)
         #: The greenlet serving the app (what `app.run()` does, without taking over SIGINT and SIGTERM,
         #: which belong to the test runner); it is alive as long as the service serves.
         self.serving: gevent.Greenlet[[Brubeck], None] = gevent.spawn(self.connection.process_messages, self.app)
         self.client = self.new_client(passphrase if client_passphrase is None else client_passphrase,
                                       timeout=timeout, connect_timeout=connect_timeout, on_reply=on_reply,
-                                      window_ms=window_ms, max_message_size=max_message_size)
+                                      window_ms=window_ms, max_message_size=max_message_size, curve=client_curve)
 
     def __repr__(self) -> str:
         return f"<ServicePair {self.address} closed={self._closed}>"
 
-    def new_client(self, passphrase: str | bytes | None = None, **options: Any) -> ServiceClient:
+    def new_client(self, passphrase: Passphrases | None = None, **options: Any) -> ServiceClient:
         """Another client of this service (same context), closed with the pair; options as `ServiceClient`."""
         client = ServiceClient(self.address, None, self.passphrase if passphrase is None else passphrase,
                                context=self.context, **options)

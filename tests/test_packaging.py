@@ -13,8 +13,8 @@ import brubeckservice
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LOWEST = ROOT / ".ci" / "lowest-versions.txt"
-# The test tools the lowest-versions job runs with (it runs pytest, and the tests import requests).
-LOWEST_JOB_TEST_TOOLS = {"pytest", "requests"}
+# The test tools the lowest-versions job runs with (it runs pytest; the tests import requests and hypothesis).
+LOWEST_JOB_TEST_TOOLS = {"pytest", "requests", "hypothesis"}
 
 
 def lower_bounds(requirements: list[str]) -> dict[str, str]:

@@ -43,6 +43,7 @@ _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
+_SRCFD = int(zmq.SRCFD)
 _backend_send = BackendSocket.send
 _backend_recv = BackendSocket.recv
 _backend_get = BackendSocket.get
@@ -68,11 +69,21 @@ def set_heartbeats(socket: zmq.Socket[bytes], interval: float) -> int:
 class Channel:
     """A ZeroMQ socket moved by the gevent hub: `send` from any greenlet, arrivals to `on_message`."""
 
-    __slots__ = ("_log", "_loop", "_on_message", "_paused", "_watcher", "socket")
+    __slots__ = ("_log", "_loop", "_on_message", "_paused", "_watcher", "max_frames", "socket", "source",
+                 "track_source")
 
     def __init__(self, socket: zmq.Socket[bytes], on_message: OnMessage | None = None,
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None, max_frames: int | None = None,
+                 track_source: bool = False) -> None:
         self.socket = socket
+        #: With `track_source`: the file descriptor of the connection the message being delivered came on
+        #: (ZMQ_SRCFD; -1 for inproc), for `on_message` to read.
+        self.track_source = track_source
+        self.source = -1
+        #: Frames kept of one message at most: past it, the rest are read and thrown away uncopied, and
+        #: `on_message` gets the first `max_frames + 1` (so it can tell, and refuse). libzmq bounds each
+        #: frame (ZMQ_MAXMSGSIZE), not how many a message has.
+        self.max_frames = max_frames
         self._on_message = on_message
         self._log = log or logging.getLogger("brubeck.channel")
         self._loop = get_hub().loop
@@ -115,11 +126,17 @@ class Channel:
             return None
         sock = self.socket
         frame = _backend_recv(sock, _NOBLOCK, False)
+        if self.track_source:
+            self.source = frame.get(_SRCFD)
         # Frames (copy=False) know whether more follow: no RCVMORE getsockopt per frame.
         frames = [frame.bytes]
         while frame.more:
             frame = _backend_recv(sock, _NOBLOCK, False)
             frames.append(frame.bytes)
+            if self.max_frames is not None and len(frames) > self.max_frames:
+                while frame.more:  # (a message is delivered whole: the rest is waiting, not on its way)
+                    frame = _backend_recv(sock, _NOBLOCK, False)
+                break
         return frames
 
     def _drain(self, *_: object) -> None:
@@ -143,6 +160,14 @@ class Channel:
         except zmq.ZMQError as err:
             if not self.socket.closed:
                 self._log.error("receiving failed: %s", err)
+
+    def deliver_waiting(self) -> None:
+        """Hand every message waiting now to `on_message` at once, as the hub would soon."""
+        while self._on_message is not None and not self._paused and not self.socket.closed:
+            frames = self.recv_now()
+            if frames is None:
+                return
+            self._on_message(frames)
 
     def pause(self) -> None:
         """Stop delivering (e.g. while every worker is busy); messages wait in ZeroMQ's queue meanwhile."""

@@ -17,6 +17,7 @@ from gevent.event import Event
 from brubeck.errors import ProtocolError
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
+from brubeck.throttle import LogThrottle
 from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes
 from brubeck.transports.channel import Channel, Pump, serve_with_workers
 from brubeck.wire.http import head_only
@@ -44,7 +45,8 @@ class Mongrel2Connection(WebConnection):
             sock.setsockopt(zmq.LINGER, 1000)
         self.in_sock.connect(pull_addr)
         self.out_sock.connect(pub_addr)
-        self._in = Channel(self.in_sock)
+        self._in = Channel(self.in_sock, max_frames=1)  # Mongrel2 sends one frame per message
+        self._log = LogThrottle(log)  # what arrives is logged at a bounded rate (brubeck.throttle)
         self._out = Channel(self.out_sock)
         self._closed = False
         self._stopped = Event()
@@ -69,7 +71,7 @@ class Mongrel2Connection(WebConnection):
         try:
             request = Request.parse_msg(raw)
         except ProtocolError as err:
-            log.warning("malformed Mongrel2 message (%d bytes): %s", len(raw), err)
+            self._log.log(logging.WARNING, "malformed", "malformed Mongrel2 message (%d bytes): %s", len(raw), err)
             self._reject(raw, 400)
             return None
         if request.is_disconnect():
@@ -78,7 +80,7 @@ class Mongrel2Connection(WebConnection):
             log.debug("upload started for %r; waiting for upload-done", request)
             return None
         if self.too_large(len(request.body)):
-            log.warning("refusing %d-byte body from %r", len(request.body), request)
+            self._log.log(logging.WARNING, "too large", "refusing %d-byte body from %r", len(request.body), request)
             self.reply(request, application.base_handler(application, request).render_error(413))
             return None
         return request
@@ -134,6 +136,7 @@ class Mongrel2Connection(WebConnection):
             return
         self._closed = True
         self._stopped.set()
+        self._log.close()
         if self._pump is not None:
             self._pump.close()
         self._in.close()

@@ -66,7 +66,8 @@ def parse_response(raw: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
     lines = head.decode("utf-8", "replace").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/") or not code.isdigit():
+    # str.isdigit alone takes any Unicode digit: int() fails on "\u00b2" and reads "\u0661" as 1.
+    if not version.startswith("HTTP/") or not (code.isascii() and code.isdigit()):
         raise ValueError(f"not an HTTP status line: {lines[0]!r}")
     pairs = []
     for line in lines[1:]:

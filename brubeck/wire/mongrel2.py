@@ -117,6 +117,20 @@ def _decode_headers(raw: object) -> tuple[Headers, HeaderProtocol]:
     return headers, protocol
 
 
+def _pop(data: bytes, what: str) -> tuple[object, bytes]:
+    """`tnetstring.pop`, its every complaint about the bytes a `ProtocolError` starting with `what`."""
+    try:
+        popped: tuple[object, bytes] = tnetstring.pop(data)
+        return popped
+    except (ValueError, RecursionError) as exc:  # (RecursionError: nested too deep)
+        problem = str(exc)
+    except TypeError as exc:  # a list or a dict as the key of a dict
+        problem = f"a tnetstring dict has an unhashable key ({exc})"
+    except OverflowError:  # tnetstring3 fails to quote a non-ASCII byte of an integer in its ValueError
+        problem = "a tnetstring integer holds a byte that is not ASCII"
+    raise ProtocolError(f"{what}: {problem}")
+
+
 def parse_message(raw: bytes) -> Mongrel2Message:
     """Parse one raw Mongrel2 request frame; raise `ProtocolError` on anything malformed."""
     parts = raw.split(b" ", 3)
@@ -125,11 +139,8 @@ def parse_message(raw: bytes) -> Mongrel2Message:
     sender, conn_id, path, rest = parts
     if not sender or not conn_id.isdigit() or not path:
         raise ProtocolError("Mongrel2 message has an empty sender or path, or a non-numeric connection id")
-    try:
-        raw_headers, rest = tnetstring.pop(rest)
-        body, rest = tnetstring.pop(rest)
-    except (ValueError, RecursionError) as exc:  # (RecursionError: a tnetstring nested too deep)
-        raise ProtocolError(f"Mongrel2 message has a malformed netstring: {exc}") from None
+    raw_headers, rest = _pop(rest, "Mongrel2 message has a malformed netstring")
+    body, rest = _pop(rest, "Mongrel2 message has a malformed netstring")
     if rest:
         raise ProtocolError(f"Mongrel2 message has {len(rest)} trailing bytes")
     if not isinstance(body, bytes):
@@ -201,13 +212,13 @@ def build_reply(sender: str | bytes, conn_ids: Iterable[str | int], body: bytes)
 def parse_reply(raw: bytes) -> tuple[str, list[str], bytes]:
     """Parse a reply frame into (sender, conn_ids, body): what Mongrel2 does with our replies."""
     sender, _, rest = raw.partition(b" ")
-    try:
-        ids, rest = tnetstring.pop(rest)
-    except ValueError as exc:
-        raise ProtocolError(f"Mongrel2 reply has a malformed id netstring: {exc}") from None
+    ids, rest = _pop(rest, "Mongrel2 reply has a malformed id netstring")
     if not isinstance(ids, bytes) or not rest.startswith(b" "):
         raise ProtocolError("Mongrel2 reply needs 'SENDER SIZE:IDS, BODY'")
-    return _text(sender), ids.decode("ascii").split(" "), rest[1:]
+    conn_ids = ids.split(b" ")
+    if not all(conn_id.isdigit() for conn_id in conn_ids):  # (bytes.isdigit: ASCII digits only)
+        raise ProtocolError(f"Mongrel2 reply ids must be decimal numbers, one space apart: {ids[:40]!r}")
+    return _text(sender), [conn_id.decode("ascii") for conn_id in conn_ids], rest[1:]
 
 
 def header(headers: Mapping[str, HeaderValue], name: str, default: str = "") -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from brubeckservice.addresses import endpoints, prepare_ipc
+from brubeckservice.addresses import endpoints, prepare_ipc, reachable_from_other_hosts
 
 
 @pytest.mark.parametrize(("given", "expected"), [
@@ -46,3 +46,22 @@ def test_canonical_spells_each_socket_once(tmp_path: Path, monkeypatch: pytest.M
     assert canonical(f"ipc://{tmp_path}/run/slow") == f"ipc://{tmp_path}/run/slow"
     for unchanged in ("ipc://@abstract", "tcp://127.0.0.1:5555", "inproc://x", "tcp://name.test:6000"):
         assert canonical(unchanged) == unchanged
+
+
+@pytest.mark.parametrize(("address", "reachable"), [
+    ("tcp://0.0.0.0:6000", True),
+    ("tcp://*:6000", True),
+    ("tcp://[::]:6000", True),
+    ("tcp://10.0.0.5:6000", True),
+    ("tcp://eth0:6000", True),  # an interface (libzmq binds its address)
+    ("tcp://workers.example:6000", True),
+    ("tcp://127.0.0.1:6000", False),
+    ("tcp://127.3.4.5:*", False),
+    ("tcp://[::1]:6000", False),
+    ("tcp://localhost:6000", False),
+    ("tcp://lo:6000", False),
+    ("ipc:///run/svc", False),
+    ("inproc://svc", False),
+])
+def test_reachable_from_other_hosts(address: str, reachable: bool) -> None:
+    assert reachable_from_other_hosts(address) is reachable

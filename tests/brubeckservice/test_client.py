@@ -15,6 +15,7 @@ from typing import Any
 import gevent
 import msgspec
 import pytest
+import zmq.green as zmq
 from gevent.event import Event
 from gevent.queue import Queue
 
@@ -544,6 +545,7 @@ def test_an_err_counts_only_on_the_connection_its_call_went_on() -> None:
     try:
         for router, capacity in ((good, 100), (bad, 0)):  # the bad one takes no calls: all go to the good one
             routing, frames = envelope.split_routing(router.recv_multipart())
+            bad_routing = routing  # (the bad one's, after the loop: its connection to the client)
             router.send_multipart([*routing, *envelope.build_pong(signer, envelope.parse_envelope(frames).msg_id,
                                                                   now_ms(), {"capacity": capacity})])
         wait_until(lambda: [w.capacity for w in client.endpoints] == [100, 0], "both reports")
@@ -554,7 +556,6 @@ def test_an_err_counts_only_on_the_connection_its_call_went_on() -> None:
             routing, frames = envelope.split_routing(good.recv_multipart())
             received.append((routing, envelope.parse_envelope(frames).msg_id))
         for _, msg_id in received:  # the keyless peer "rejects" them all
-            bad_routing = [f"{client.session}-1".encode()]
             bad.send_multipart([*bad_routing, *envelope.build_error(msg_id, 401, "no", now_ms())])
         wait_until(lambda: client.stats["late"] == 3, "the stray ERRs to be dropped")
         assert not any(c.ready() for c in calls)
@@ -567,3 +568,130 @@ def test_an_err_counts_only_on_the_connection_its_call_went_on() -> None:
         for router in routers:
             router.close(linger=0)
         context.destroy(linger=0)
+
+
+def test_the_service_names_our_connection_itself_so_no_peer_can_take_its_place() -> None:
+    # A routing id the client chose (it was "<session>-0") crosses the wire in clear: a keyless peer that
+    # connected first with it, after a service restart, took the client's place, and every call timed out.
+    # Without one, the service's ROUTER makes one up (a zero byte, then a counter from a random start),
+    # which never leaves it. (docs/security.md says what a peer guessing it could do.)
+    import zmq.green as gzmq
+
+    context: Any = gzmq.Context()
+    router = context.socket(gzmq.ROUTER)
+    router.setsockopt(gzmq.LINGER, 0)
+    address = f"inproc://named-{os.urandom(4).hex()}"
+    router.bind(address)
+    client = ServiceClient(address, None, PASSPHRASE, context=context, heartbeat=60, timeout=WAIT)
+    try:
+        assert router.poll(int(WAIT * 1000))
+        routing, _ = envelope.split_routing(router.recv_multipart())
+        assert len(routing) == 1 and len(routing[0]) == 5 and routing[0][0] == 0  # the ROUTER's own
+        (worker,) = client.pool.workers
+        assert worker.socket is not None and worker.socket.getsockopt(gzmq.ROUTING_ID) == b""  # none of ours
+    finally:
+        client.close(timeout=0)
+        router.close(linger=0)
+        context.destroy(linger=0)
+
+
+def test_a_flood_of_replies_nobody_asked_for_fails_no_call_and_logs_a_few_lines(
+        fake_service: FakeService, caplog: pytest.LogCaptureFixture) -> None:
+    # 20,000 unsolicited replies per call made 1 of 3 concurrent calls time out, each logged at WARNING. Now
+    # they are dropped by id before any signature work, and logged at a bounded rate.
+    client = fake_service.client
+    calls = [gevent.spawn(client.call, "/echo", timeout=WAIT) for _ in range(3)]
+    asked = [fake_service.receive() for _ in calls]
+    stray = envelope.build_reply(fake_service.signer, b"stray", ServiceResponse(status_code=200), now_ms())
+    routing = asked[0][0]
+    fake_service.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # wait for room rather than drop (past 1,000)
+    with caplog.at_level(logging.WARNING, logger="brubeckservice.client"):
+        for number in range(20_000):
+            fake_service.send(routing, [stray[0], stray[1], b"stray-%d" % number, *stray[3:]])
+        for routing_of, request in asked:
+            fake_service.reply(routing_of, request.msg_id,
+                               ServiceResponse(status_code=200, body=request.msg_id.decode()))
+        assert [c.get(timeout=WAIT).body for c in calls] == [request.msg_id.decode() for _, request in asked]
+    assert client.stats["late"] == 20_000
+    assert len([r for r in caplog.records if "stray" in r.getMessage()]) == 1  # the rest: one summary, later
+
+
+def test_a_reply_over_max_reply_size_fails_its_call_at_once(tmp_path: Path) -> None:
+    # A 200 MiB reply was accepted whole. ZMQ_MAXMSGSIZE makes ZeroMQ drop a connection that brings a
+    # bigger frame: the call in flight fails then, instead of the client holding the reply (or timing out).
+    import zmq.green as gzmq
+
+    context: Any = gzmq.Context()
+    router = context.socket(gzmq.ROUTER)
+    router.setsockopt(gzmq.LINGER, 0)
+    address = f"ipc://{tmp_path}/big"
+    router.bind(address)
+    signer = Signer(PASSPHRASE)
+    client = ServiceClient(address, None, PASSPHRASE, context=context, heartbeat=60, timeout=30,
+                           max_reply_size=64 * 1024)
+    try:
+        call = gevent.spawn(client.call, "/echo")
+        while True:
+            assert router.poll(int(WAIT * 1000))
+            routing, frames = envelope.split_routing(router.recv_multipart())
+            env = envelope.parse_envelope(frames)
+            if env.kind == envelope.REQ:
+                break
+        big = ServiceResponse(status_code=200, body="x" * (1 << 20))
+        router.send_multipart([*routing, *envelope.build_reply(signer, env.msg_id, big, now_ms())])
+        with pytest.raises(ServiceUnavailable, match="lost while /echo was in flight"):
+            call.get(timeout=WAIT)  # not the call's 30 s
+        assert client.max_reply_size == 64 * 1024
+    finally:
+        client.close(timeout=0)
+        router.close(linger=0)
+        context.destroy(linger=0)
+
+
+def test_a_pong_listing_thousands_of_workers_adds_a_bounded_number(fake_service: FakeService,
+                                                                   tmp_path: Path) -> None:
+    from brubeckservice.pool import MAX_LISTED
+
+    client = fake_service.client
+    ping = gevent.spawn(client.ping, WAIT)
+    routing, env = fake_service.receive()
+    listed = [f"ipc://{tmp_path}/w{n}" for n in range(5000)]
+    fake_service.send(routing, envelope.build_pong(fake_service.signer, env.msg_id, now_ms(), {"workers": listed}))
+    assert ping.get(timeout=WAIT)["workers"] == listed
+    assert len(client.pool.workers) == 1 + MAX_LISTED
+
+
+# -- rotating the passphrase --------------------------------------------------------------------------------
+
+OLD, NEW = "the old passphrase", "the new passphrase"
+# docs/security.md's steps: a service's and a client's passphrases that meet during a rotation (services
+# first accept the new one, then clients sign with it, then services do, then the old one goes), and
+# whether the service then verifies with another passphrase than its first.
+ROTATION = [
+    (OLD, OLD, False),  # before
+    ([OLD, NEW], OLD, False),  # 1. services accept the new one too (still signing with the old)
+    ([OLD, NEW], [NEW, OLD], True),  # 2. clients sign with the new one, accept both
+    ([NEW, OLD], [NEW, OLD], False),  # 3. services sign with the new one
+    ([NEW, OLD], NEW, False),  # 4. clients drop the old one
+    (NEW, NEW, False),  # 5. services drop it: done
+]
+
+
+@pytest.mark.parametrize(("service", "client", "other"), ROTATION)
+def test_each_step_of_a_passphrase_rotation_keeps_calls_working(service: Any, client: Any, other: bool) -> None:
+    with ServicePair(ROUTES, service, client_passphrase=client) as pair:
+        assert pair.client.call("/echo", arguments={"RETURN_DATA": "on"}).body["RETURN_DATA"] == "on"
+        # What tells an operator which step the fleet is at: PONG counts the messages an old key verified.
+        assert ("other_passphrase" in pair.client.ping()["stats"]) is other
+
+
+def test_a_client_signing_with_the_new_passphrase_too_early_is_refused() -> None:
+    with ServicePair(ROUTES, OLD, client_passphrase=[NEW, OLD]) as pair, pytest.raises(AuthenticationError):
+        pair.client.call("/echo", timeout=WAIT)
+
+
+def test_a_client_that_never_learned_the_new_passphrase_drops_the_replies_signed_with_it() -> None:
+    with ServicePair(ROUTES, [NEW, OLD], client_passphrase=OLD) as pair:
+        with pytest.raises(ServiceTimeout):
+            pair.client.call("/echo", timeout=0.5)
+        assert pair.client.stats["forged"] >= 1  # counted and logged as replies that failed verification

@@ -13,6 +13,16 @@ def test_ids_are_unique_and_fit_the_envelope() -> None:
     assert all(0 < len(msg_id) <= MAX_ID_SIZE for msg_id in ids)
 
 
+def test_ids_share_no_pattern_a_peer_could_extend() -> None:
+    # Counted ids ("<prefix>-1", "-2", ...) let a peer that saw one name the next call's; random ones do not.
+    ids = [PendingCalls().new_id() for _ in range(2)] + [PendingCalls().new_id() for _ in range(2)]
+    calls = PendingCalls()
+    ids += [calls.new_id() for _ in range(1000)]
+    assert all(len(msg_id) == 16 and int(msg_id, 16) >= 0 for msg_id in ids)  # 64 bits, in hex
+    for position in range(16):  # every digit varies from id to id (no common prefix, no counter's tail)
+        assert len({msg_id[position] for msg_id in ids}) >= 12
+
+
 def test_two_tables_never_issue_the_same_id() -> None:
     # A restarted client must not mistake a reply meant for its previous life for one of its own calls.
     first, second = PendingCalls(), PendingCalls()

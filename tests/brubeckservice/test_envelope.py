@@ -21,6 +21,7 @@ from brubeckservice.envelope import (
     ERR,
     KINDS,
     MARKER,
+    MAX_HEADERS,
     REP,
     REQ,
     ControlHeader,
@@ -255,8 +256,14 @@ def test_split_routing_takes_the_last_six_frames_as_the_envelope() -> None:
 def test_split_routing_needs_a_routing_frame() -> None:
     with pytest.raises(ProtocolError) as refused:
         split_routing(REQUEST)
-    assert str(refused.value) == ("expected at least one routing frame and then the 6 envelope frames, "
-                                  "got 6 frames in all")
+    assert str(refused.value) == "expected 1..4 routing frames and then the 6 envelope frames, got 6 frames in all"
+
+
+def test_split_routing_refuses_more_than_four_routing_frames() -> None:
+    # Every extra leading frame would be "routing", echoed back whole in an ERR (40 frames of 15 MiB were).
+    assert split_routing([b"a", b"b", b"c", b"d", *REQUEST])[0] == [b"a", b"b", b"c", b"d"]
+    with pytest.raises(ProtocolError, match="got 11 frames in all"):
+        split_routing([b"x"] * 5 + REQUEST)
 
 
 # -- refused: the content (signed by a peer holding the key) ---------------------------------------------
@@ -483,3 +490,13 @@ def test_a_correctly_signed_body_nested_too_deep_is_a_protocol_error(kind: bytes
     frames.append(SIGNER.sign(frames))
     with pytest.raises(ProtocolError, match="recursion"):
         read(frames, TS)
+
+
+def test_a_request_with_more_than_max_headers_is_malformed() -> None:
+    many = ServiceRequest(path="/echo", headers={f"h{n}": "v" for n in range(MAX_HEADERS + 1)})
+    frames = build_request(SIGNER, b"many", many, TS, "s", 1)
+    with pytest.raises(ProtocolError, match=r"Expected `object` of length <= 256 - at `\$.headers`"):
+        parse_request(parse_envelope(frames), SIGNER, TS, ReplayGuard())
+    enough = ServiceRequest(path="/echo", headers={f"h{n}": "v" for n in range(MAX_HEADERS)})
+    frames = build_request(SIGNER, b"enough", enough, TS, "s", 2)
+    assert len(parse_request(parse_envelope(frames), SIGNER, TS, ReplayGuard()).headers) == MAX_HEADERS

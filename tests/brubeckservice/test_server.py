@@ -22,7 +22,6 @@ import zmq.green as zmq
 from gevent.event import Event
 from gevent.pool import Pool
 from gevent.queue import Queue
-from zmq.utils.monitor import recv_monitor_message
 
 import brubeck
 from brubeck.application import Brubeck
@@ -244,6 +243,67 @@ def test_a_huge_bad_message_is_answered_and_logged_in_a_few_hundred_bytes(pair: 
     assert len(long_text[3]) < envelope.MAX_ERROR_TEXT + 100
 
 
+def test_a_message_of_too_many_frames_is_dropped_unanswered(pair: ServicePair) -> None:
+    # Every extra leading frame was taken as routing, and the ERR echoed them all back (40 frames of 15 MiB
+    # were). Now such a message is dropped, nothing is answered, and the connection keeps its other work.
+    raw = pair.raw_socket()
+    frames = [b"r" * 1000] * 40 + [b"BRS9", b"REQ", b"many", b"{}", b"{}", b"\x00" * 32]
+    raw.send_multipart(frames)
+    assert_next_is_pong(raw, SIGNER)  # nothing came back before the PONG
+    assert pair.connection.stats["malformed"] == 1
+    assert pair.connection.channel.max_frames == envelope.FRAMES + envelope.MAX_ROUTING_FRAMES
+    assert pair.client.call("/echo").ok
+
+
+def test_a_flood_of_bad_messages_logs_a_bounded_number_of_lines(pair: ServicePair,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    raw = pair.raw_socket()
+    with caplog.at_level(logging.INFO, logger="brubeckservice.server"):
+        for number in range(1000):
+            raw.send_multipart(signed_request(Signer("not the passphrase"), msg_id=b"f%d" % number))
+            raw.send_multipart([b"garbage %d" % number])
+        for _ in range(1000):
+            error_of(receive(raw))
+        assert_next_is_pong(raw, SIGNER)
+        pair.connection.close()  # the summaries still owed are written now
+    assert (pair.connection.stats["forged"], pair.connection.stats["malformed"]) == (1000, 1000)
+    lines = [r.getMessage() for r in caplog.records if r.name == "brubeckservice.server"]
+    assert len([line for line in lines if "refused request" in line]) == 1  # the first, in full
+    assert any(line.startswith("forged: 999 more in the last ") for line in lines)
+    assert any(line.startswith("malformed, unanswered: 999 more in the last ") for line in lines)
+    assert len(lines) <= 6
+
+
+def test_a_captured_ping_played_again_gets_no_pong(pair: ServicePair) -> None:
+    # A PING carries no sequence number: replayed from any connection within the window, it got a signed
+    # PONG with the service's counters. The service now remembers the PINGs it answered.
+    ping = envelope.build_ping(SIGNER, b"captured", now_ms())
+    first, second = pair.raw_socket(), pair.raw_socket()
+    first.send_multipart(ping)
+    assert envelope.parse_envelope(receive(first)).kind == envelope.PONG
+    second.send_multipart(ping)
+    assert error_of(receive(second)) == (b"captured", 401, "replayed message")
+    assert pair.connection.stats["forged"] == 1
+
+
+def test_a_caller_that_reads_nothing_holds_no_worker_for_long(pair: ServicePair,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A key holder that never read made every worker wait for room until each request's deadline (its
+    # replay window, 30 s): meanwhile nobody else was served. Now a worker waits at most SEND_PATIENCE from
+    # when that caller's queue was first found full, and its later replies are dropped at once.
+    monkeypatch.setattr("brubeckservice.server.SEND_PATIENCE", 0.2)
+    silent = pair.raw_socket()
+    silent.setsockopt(zmq.RCVHWM, 1)
+    for seq in range(1, 30_001):
+        request = ServiceRequest(path="/echo", arguments={"RETURN_DATA": "x" * 100})
+        silent.send_multipart(envelope.build_request(SIGNER, b"%d" % seq, request, now_ms(), "silent", seq))
+    wait_until(lambda: pair.connection.stats["undeliverable"] > 0, "a reply to the silent caller to be dropped",
+               timeout=20)
+    assert pair.new_client(timeout=WAIT).call("/echo", arguments={"RETURN_DATA": "me"}).body["RETURN_DATA"] == "me"
+    wait_until(lambda: pair.connection.stats["served"] >= 30_001, "the silent caller's requests to be served",
+               timeout=60)
+
+
 def test_the_log_says_whether_a_bad_message_was_answered_or_dropped(pair: ServicePair,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     raw = pair.raw_socket()
@@ -254,8 +314,8 @@ def test_the_log_says_whether_a_bad_message_was_answered_or_dropped(pair: Servic
         assert_next_is_pong(raw, SIGNER)
     answered, dropped = (r.getMessage() for r in caplog.records)
     assert answered.startswith(f"malformed message on {pair.address}, answered ERR 400: unknown message kind")
-    assert dropped == (f"dropped malformed message on {pair.address} (no id to answer): expected at least one "
-                       "routing frame and then the 6 envelope frames, got 2 frames in all")
+    assert dropped == (f"dropped malformed message on {pair.address} (no id to answer): expected 1..4 routing "
+                       "frames and then the 6 envelope frames, got 2 frames in all")
 
 
 def test_a_forged_ping_is_refused(pair: ServicePair) -> None:
@@ -279,21 +339,20 @@ def test_a_reply_to_a_caller_that_left_is_counted_not_fatal(tmp_path: Path) -> N
     gate = Gate()
     # ipc, not inproc: the service must see the connection drop, and inproc reports no such event.
     with ServicePair(ROUTES, PASSPHRASE, address=f"ipc://{tmp_path}/service", gate=gate) as pair:
-        disconnects = pair.connection.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        admission = pair.connection.admission  # (it reads the socket's monitor: libzmq allows one)
+        assert admission is not None
         leaving = pair.new_client()
         leaving.send("/block")
         caller = gate.next_arrival().sender
+        wait_until(lambda: len(admission) == 2, "both clients' connections")
         leaving.close(timeout=0)  # it leaves with its call still out
-        assert disconnects.poll(int(WAIT * 1000)), "the service did not see the caller leave"
-        assert recv_monitor_message(disconnects)["event"] == zmq.EVENT_DISCONNECTED
+        wait_until(lambda: len(admission) == 1, "the service to see the caller leave")
         # The event comes from ZeroMQ's I/O thread; the socket itself forgets the connection a few
         # commands later. Until it has, a message to it is queued and lost, which nobody can count.
         wait_until(lambda: not routable(pair.connection, caller), "the socket to forget the caller")
         gate.release.set()
         wait_until(lambda: pair.connection.stats["undeliverable"] == 1, "the undeliverable reply to be counted")
         assert pair.client.call("/echo").ok
-        pair.connection.socket.disable_monitor()
-        disconnects.close(linger=0)
 
 
 def test_a_caller_slower_to_read_than_to_send_still_gets_every_reply(pair: ServicePair) -> None:
@@ -389,6 +448,7 @@ class RawClient:
         self.sock = sock
         self.sid = sid
         self.seq = 0
+        self._pings = 0
 
     def request(self, name: str, path: str = "/held") -> None:
         self.seq += 1
@@ -408,9 +468,11 @@ class RawClient:
 
     def pong(self, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """PING and return the PONG's info; the PONG must be the next thing to arrive."""
-        self.ping(b"ping", body)
+        self._pings += 1
+        msg_id = b"ping-%d-%s" % (self._pings, self.sid.encode())  # a PING seen before is refused
+        self.ping(msg_id, body)
         answer = self.next()
-        assert (answer.kind, answer.msg_id) == (envelope.PONG, b"ping"), answer
+        assert (answer.kind, answer.msg_id) == (envelope.PONG, msg_id), answer
         info: dict[str, Any] = answer.body
         return info
 
@@ -566,3 +628,31 @@ def test_zmtp_heartbeats_are_set_on_the_socket(worker_of: Callable[..., Worker])
 def test_impossible_options_are_refused(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         ServiceConnection("tcp://127.0.0.1:*", None, PASSPHRASE, **options)
+
+
+# -- which connections a service keeps (brubeckservice/admission.py, through the real ServiceConnection) ----
+
+def test_a_connection_that_only_sends_garbage_is_closed_and_a_signing_one_stays(
+        worker_of: Callable[..., Worker]) -> None:
+    worker = worker_of(auth_timeout=0.3)
+    signing = worker.client("signing")
+    assert signing.pong()["inflight"] == 0  # a signed PING: this connection is a key holder's
+    keyless = worker.context.socket(zmq.DEALER)
+    keyless.setsockopt(zmq.LINGER, 0)
+    keyless.setsockopt(zmq.RECONNECT_IVL, 60_000)
+    events = keyless.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    keyless.connect(worker.address)
+    try:
+        keyless.send_multipart([b"BRS1", b"REQ", b"x", b"{}", b"{}", b"\x00" * 32])  # unsigned: ERR 401
+        assert error_of(receive(keyless))[1] == 401
+        assert events.poll(int(WAIT * 1000)), "the keyless connection was not closed"
+        assert worker.connection.stats["connections_closed_unauthenticated"] == 1
+        assert signing.pong()["inflight"] == 0  # still connected, still answered
+    finally:
+        keyless.disable_monitor()
+        events.close(linger=0)
+        keyless.close(linger=0)
+
+
+def test_inproc_has_no_connections_to_keep(pair: ServicePair) -> None:
+    assert pair.connection.admission is None and not pair.connection.channel.track_source

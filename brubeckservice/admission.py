@@ -1,0 +1,167 @@
+"""`Admission`: which connections a service keeps, so that peers without the key cannot use up its sockets.
+
+libzmq accepts every connection to a bound ROUTER and offers no call to refuse or close one. Its monitor
+reports each connection accepted and closed with the connection's file descriptor, and each message
+carries the descriptor it came on (`ZMQ_SRCFD`), so the service can tell, per connection, when it last
+sent a correctly signed message. To close one it shuts the descriptor down (shutdown(2), never close(2):
+libzmq owns it), which libzmq takes for the peer leaving: it frees the connection, and a genuine client,
+whose ZeroMQ socket reconnects by itself, is back a moment later.
+
+The rules (docs/security.md, "Limits"):
+
+- a connection that has sent no correctly signed message `auth_timeout` seconds after it was accepted is
+  closed (a client of ours PINGs as soon as it connects);
+- one that has sent no signed message for `idle_timeout` seconds is closed;
+- at `max_connections`, a new connection makes room by closing the oldest one that has not yet signed
+  anything; when every one has, the newcomer is closed instead. Peers without the key therefore only ever
+  crowd out each other.
+
+inproc connections have no descriptor and are not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import socket
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gevent
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from brubeck.throttle import LogThrottle
+from brubeck.transports.channel import Channel
+
+#: Seconds a new connection has to send a correctly signed message.
+DEFAULT_AUTH_TIMEOUT = 10.0
+#: Seconds a connection may go without a signed message (our clients PING every 0.5 s by default).
+DEFAULT_IDLE_TIMEOUT = 300.0
+#: Descriptors left to the rest of the process when `max_connections` comes from the limit on them.
+FD_RESERVE = 100
+#: The monitor events read here; the rest of a socket's events can be handed on (`on_event`).
+EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+
+OnEvent = Callable[[int, int, str], None]
+
+
+def default_max_connections() -> int:
+    """The process's soft limit on open files, less FD_RESERVE (at least 16, at most 100,000)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 100_000
+    return max(16, min(100_000, soft - FD_RESERVE))
+
+
+@dataclass(slots=True)
+class _Connection:
+    accepted_at: float
+    signed_at: float | None = None  # when it last sent a correctly signed message
+
+
+class Admission:
+    """Tracks `sock`'s connections through its monitor and closes those the rules above say must go.
+
+    The service calls `signed(fd)` for each message that passed its signature check (`Channel.source`
+    tells the descriptor); `stats` counts `connections_closed` by reason; `on_event(event, value,
+    endpoint)` receives the monitor events of `extra_events` (e.g. failed handshakes)."""
+
+    def __init__(self, sock: zmq.Socket[bytes], stats: Counter[str], logger: logging.Logger, *,
+                 max_connections: int | None = None, auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, extra_events: int = 0,
+                 on_event: OnEvent | None = None) -> None:
+        self.max_connections = default_max_connections() if max_connections is None else max_connections
+        self.auth_timeout = auth_timeout
+        self.idle_timeout = idle_timeout
+        self.stats = stats
+        self._log = LogThrottle(logger)
+        self._on_event = on_event
+        self._sock = sock
+        self.connections: OrderedDict[int, _Connection] = OrderedDict()  # by descriptor, oldest first
+        self.channel = Channel(sock.get_monitor_socket(EVENTS | extra_events), self._event, log=logger)
+        self._sweeper = gevent.spawn(self._sweep_loop)
+
+    def __len__(self) -> int:
+        return len(self.connections)
+
+    def signed(self, fd: int) -> None:
+        """A correctly signed message came on descriptor `fd`."""
+        connection = self.connections.get(fd)
+        if connection is None and fd >= 0:
+            # Its ACCEPTED event, written to the monitor before the handshake, may not have been read yet.
+            self.channel.deliver_waiting()
+            connection = self.connections.get(fd)
+        if connection is not None:
+            connection.signed_at = time.monotonic()
+
+    def _event(self, frames: list[bytes]) -> None:
+        message = parse_monitor_message(frames)
+        event, value = int(message["event"]), int(message["value"])
+        if event == zmq.EVENT_ACCEPTED:
+            self._accepted(value)
+        elif event == zmq.EVENT_DISCONNECTED:
+            self.connections.pop(value, None)
+        elif self._on_event is not None:
+            self._on_event(event, value, message["endpoint"].decode("utf-8", "replace"))
+
+    def _accepted(self, fd: int) -> None:
+        connections = self.connections
+        connections.pop(fd, None)  # (a descriptor reused before its DISCONNECTED was read)
+        if len(connections) >= self.max_connections:
+            unsigned = next((old for old, c in connections.items() if c.signed_at is None), None)
+            if unsigned is None:
+                self._close(fd, "over max_connections",
+                            "closed a new connection: %d connections are open, all signed, and max_connections "
+                            "is %d", len(connections), self.max_connections)
+                return
+            del connections[unsigned]
+            self._close(unsigned, "made room",
+                        "closed the oldest connection that never signed a message, to admit a new one (%d "
+                        "open, max_connections %d)", len(connections) + 1, self.max_connections)
+        connections[fd] = _Connection(time.monotonic())
+
+    def sweep(self) -> None:
+        """Close the connections that stayed unsigned past `auth_timeout` or silent past `idle_timeout`."""
+        self.channel.deliver_waiting()  # (events first: a descriptor closed and reused must not be taken for the old)
+        now = time.monotonic()
+        for fd, connection in list(self.connections.items()):
+            if connection.signed_at is None:
+                if now - connection.accepted_at >= self.auth_timeout:
+                    del self.connections[fd]
+                    self._close(fd, "unauthenticated", "closed a connection that sent no signed message within "
+                                "%gs (auth_timeout)", self.auth_timeout)
+            elif now - connection.signed_at >= self.idle_timeout:
+                del self.connections[fd]
+                self._close(fd, "idle", "closed a connection silent for %gs (idle_timeout)", self.idle_timeout)
+
+    def _sweep_loop(self) -> None:
+        interval = max(0.05, min(self.auth_timeout, self.idle_timeout) / 4)
+        while True:
+            gevent.sleep(interval)
+            try:
+                self.sweep()
+            except Exception:  # (the sweeper must outlive anything)
+                self._log.logger.exception("connection sweep failed")
+
+    def _close(self, fd: int, reason: str, msg: str, *args: object) -> None:
+        self.stats["connections_closed"] += 1
+        self.stats[f"connections_closed_{reason.replace(' ', '_')}"] += 1
+        self._log.log(logging.WARNING, f"closed ({reason})", msg, *args)
+        try:
+            duplicate = os.dup(fd)
+        except OSError:
+            return
+        with socket.socket(fileno=duplicate) as sock, contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # (shutting the duplicate down shuts the connection down)
+
+    def close(self) -> None:
+        self._sweeper.kill(block=False)
+        self._log.close()
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.disable_monitor()
+        self.channel.close(linger=0)

@@ -1,0 +1,1 @@
+"""Tests for the fuzz targets (fuzz/): their stored corpus, replayed."""
