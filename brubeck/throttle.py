@@ -36,10 +36,14 @@ class LogThrottle:
         self.interval = interval
         self._categories: dict[str, _Category] = {}
         self._timer: Any = None
+        self._closed = False
 
     def log(self, level: int, category: str, msg: str, *args: object) -> None:
         """Log `msg % args` unless `category` had a full line within the interval; then only count it."""
         if not self.logger.isEnabledFor(level):
+            return
+        if self._closed:  # (what is still running while its owner closes: no timer left behind)
+            self.logger.log(level, msg, *args)
             return
         now = time.monotonic()
         state = self._categories.get(category)
@@ -48,7 +52,8 @@ class LogThrottle:
         elif now - state.logged_at < self.interval:
             state.suppressed += 1
             if self._timer is None:
-                self._timer = get_hub().loop.timer(max(0.0, state.logged_at + self.interval - now))
+                # (ref=False: a summary still owed must not keep the hub, or a process, alive)
+                self._timer = get_hub().loop.timer(max(0.0, state.logged_at + self.interval - now), ref=False)
                 self._timer.start(self.flush)
             return
         else:
@@ -71,11 +76,12 @@ class LogThrottle:
             else:
                 due = min(due or self.interval, state.logged_at + self.interval - now)
         if due is not None:
-            self._timer = get_hub().loop.timer(due)
+            self._timer = get_hub().loop.timer(due, ref=False)
             self._timer.start(self.flush)
 
     def close(self) -> None:
-        """Stop the timer, logging every summary still owed."""
+        """Stop the timer, logging every summary still owed; later lines are logged one by one."""
+        self._closed = True
         if self._timer is not None:
             self._timer.close()
             self._timer = None

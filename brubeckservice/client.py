@@ -513,7 +513,9 @@ class ServiceClient:
         self.stats["resent"] += len(resent)
         for _, call in failed:
             self._fail_call(call, ServiceUnavailable(
-                f"connection to the service at {worker.address} lost while {call.path} was in flight"))
+                f"connection to the service at {worker.address} lost while {call.path} was in flight (the "
+                f"service stopped, the network failed, or it sent a reply over max_reply_size, "
+                f"{self.max_reply_size} bytes)"))
         if resent:
             self._wake.set()
             if self._flusher is None and not self._closed:

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import gevent
 import zmq
 from gevent.event import Event
+from gevent.hub import get_hub
 from zmq.utils.monitor import parse_monitor_message
 
 from brubeck.transports.channel import Channel, set_heartbeats
@@ -66,6 +67,8 @@ MAX_LISTED = 64
 MAX_ADDRESS = 1024  # characters, for one listed address
 #: Replies kept per worker for its recent latency.
 LATENCY_SAMPLES = 256
+#: Seconds after a connection dropped before we reconnect ourselves, if libzmq has not (see _on_event).
+RECONNECT_CHECK = 2.0
 #: The longest wait, in seconds, between our own reconnects to a worker whose handshake refused us in a way
 #: libzmq does not retry (a CURVE key not allowed, a mechanism mismatch): 1 s, doubling to this.
 RETRY_REFUSED_MAX = 5.0
@@ -197,6 +200,7 @@ class WorkerPool:
         self._on_ready = on_ready
         self.workers: list[Worker] = []
         self._by_address: dict[str, Worker] = {}
+        self._overlisted: set[str] = set()  # workers whose PONG listed more than MAX_LISTED
         self._indexes = 0
         self._closed = False
         self.started_at = time.monotonic()
@@ -359,7 +363,8 @@ class WorkerPool:
             self._note(worker, "accepts our signature again")
         listed = info.get("workers")
         if isinstance(listed, list):
-            if len(listed) > MAX_LISTED and worker.address not in self._listed:
+            if len(listed) > MAX_LISTED and worker.address not in self._overlisted:
+                self._overlisted.add(worker.address)  # (said once per worker, not at every PONG)
                 log.warning("worker %s lists %d workers; taking the first %d", worker.address, len(listed),
                             MAX_LISTED)
             siblings = {canonical(sibling_address(a, worker.address))
@@ -415,6 +420,11 @@ class WorkerPool:
                 self._on_frames(worker, waiting)
             worker.unconnected_since = time.monotonic()
             worker.connected = False
+            # libzmq reconnects by itself, except after a protocol error (a frame over ZMQ_MAXMSGSIZE, say),
+            # when it gives the connection up for good: then we do, unless a handshake succeeded meanwhile.
+            worker.retry_at = worker.unconnected_since + RECONNECT_CHECK
+            timer = get_hub().loop.timer(RECONNECT_CHECK, ref=False)
+            timer.start(partial(self._reconnect_if_due, worker, timer))
             if worker.draining:
                 self._note(worker, "closed after draining, as it announced", logging.INFO)
             else:
@@ -438,6 +448,11 @@ class WorkerPool:
             worker.retry_at = time.monotonic() + min(RETRY_REFUSED_MAX, 2.0 ** (worker.handshake_failures - 1))
         if failure.definite or worker.handshake_failures >= 2:
             self.refuse(worker, failure.reason, handshake=True)
+
+    def _reconnect_if_due(self, worker: Worker, timer: Any) -> None:
+        timer.close()
+        if not self._closed and not worker.connected and worker.retry_at and time.monotonic() >= worker.retry_at:
+            self._reconnect(worker)
 
     def _reconnect(self, worker: Worker) -> None:
         worker.retry_at = 0.0

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import gevent
 import zmq
 from gevent.event import Event
 from gevent.hub import get_hub
@@ -52,6 +51,7 @@ from brubeckservice.addresses import (
     tcp_listener_pid,
 )
 from brubeckservice.admission import DEFAULT_AUTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Admission
+from brubeckservice.backlog import Backlogs
 from brubeckservice.clock import now_ms
 from brubeckservice.curve import HANDSHAKE_FAILED, CurveServer, Gatekeeper, HandshakeWatch
 from brubeckservice.envelope import DEFAULT_MAX_MESSAGE_SIZE
@@ -75,9 +75,8 @@ log = logging.getLogger("brubeckservice.server")
 DEFAULT_CAPACITY = 100
 #: Clients remembered at most (for DRAIN); past it, the one heard from least recently is forgotten.
 MAX_CLIENTS = 10_000
-#: How long a reply waits at most for room in the queue to a caller that reads nothing (docs/protocol.md
-#: §1): a caller that has left 10,000 replies unread that long loses the next ones until it reads again.
-SEND_PATIENCE = 5.0
+#: Replies ZeroMQ queues per caller (ZMQ_SNDHWM) before the rest wait in its backlog (backlog.py).
+REPLY_HWM = 10_000
 
 #: A client connection, as the ROUTER names it: the routing frames it prefixes to that client's messages.
 Peer = tuple[bytes, ...]
@@ -150,7 +149,6 @@ class ServiceConnection:
         self.guard = ReplayGuard(window_ms)
         self.pings = SeenMacs(window_ms)  # a PING captured and played again gets no PONG
         self._log = LogThrottle(log)  # what peers send is logged at a bounded rate (brubeck.throttle)
-        self._blocked: dict[Peer, float] = {}  # callers whose queue was full, since when (monotonic)
         self.window_ms = window_ms
         self.stats: Counter[str] = Counter()
         self.inflight = 0
@@ -184,6 +182,8 @@ class ServiceConnection:
         self.draining = False
         self._drained = Event()
         self._progress = Event()  # set when a call finishes, a client acknowledges, or we close (drain waits)
+        #: Replies waiting for room in slow callers' queues.
+        self.backlogs = Backlogs(self.channel, self.stats, self._log, self.service_addr, self._progress.set)
         self._told: dict[Peer, Told] = {}  # the clients sent DRAIN
         self._unread: set[Peer] = set()  # told, and sent answers since their last DRAIN
         self._drains_sent = 0
@@ -198,7 +198,7 @@ class ServiceConnection:
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished caller is an error we log
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_size)
-        sock.setsockopt(zmq.SNDHWM, 10_000)  # replies queued per caller before it must read
+        sock.setsockopt(zmq.SNDHWM, REPLY_HWM)
         set_heartbeats(sock, self.heartbeat)
         try:
             curve = self.curve
@@ -212,7 +212,8 @@ class ServiceConnection:
                 self.admission = Admission(sock, self.stats, log, max_connections=most, auth_timeout=auth_timeout,
                                            idle_timeout=idle_timeout,
                                            extra_events=HANDSHAKE_FAILED if watch is not None else 0,
-                                           on_event=watch.on_event if watch is not None else None)
+                                           on_event=watch.on_event if watch is not None else None,
+                                           backlog=self._behind)
             elif self._watch is not None:
                 self._watch.monitor(sock)
             self._bind(sock, self.service_addr)
@@ -297,15 +298,20 @@ class ServiceConnection:
             # (Channel kept only the first of them.) Nothing is answered: an ERR would go back to the
             # "routing" frames, that is to the frames themselves.
             self.stats["malformed"] += 1
+            self._refused()
             self._log.log(logging.WARNING, "too many frames", "dropped a message of more than %d frames on %s, "
                           "unanswered", envelope.FRAMES + envelope.MAX_ROUTING_FRAMES, self.service_addr)
             return None
+        admission = self.admission
+        if admission is not None and not admission.admits(self.channel.source, sum(map(len, frames))):
+            self.stats["oversized"] += 1  # (from a connection that has signed nothing: it was closed)
+            return None
         try:
             routing, body = envelope.split_routing(frames)
-            self._heard(tuple(routing))
             env = envelope.parse_envelope(body)
         except ProtocolError as err:
             self.stats["malformed"] += 1
+            self._refused()
             status = self._reject_malformed(frames, err)
             if status is None:
                 self._log.log(logging.WARNING, "malformed, unanswered",
@@ -320,6 +326,7 @@ class ServiceConnection:
             self._pong(routing, env)
             return None
         self.stats["malformed"] += 1
+        self._refused()
         self._log.log(logging.WARNING, "unexpected", "refused unexpected %r message %r on %s, answered ERR 400",
                       env.kind, env.msg_id, self.service_addr)
         self._send(routing, envelope.build_error(env.msg_id, 400, f"a service does not accept {env.kind!r}",
@@ -332,20 +339,23 @@ class ServiceConnection:
             request = envelope.parse_request(env, self.signer, now, self.guard)
         except AuthenticationError as err:
             self.stats["forged"] += 1
+            self._refused()
             self._log.log(logging.WARNING, "forged", "refused request %r on %s, answered ERR 401: %s", env.msg_id,
                           self.service_addr, err)
             self._send(routing, envelope.build_error(env.msg_id, 401, str(err), now))
             return None
         except RequestExpired as err:
-            # Its caller has given up: no work, and no answer (docs/protocol.md, REQ).
-            self._signed()
+            # Its caller has given up: no work, and no answer (docs/protocol.md, REQ). Signed, but possibly a
+            # recording (neither age nor replay was checked): no credit to its connection.
+            self._heard(tuple(routing))
             self.stats["expired"] += 1
             self._log.log(logging.INFO, "expired", "skipped request %r on %s, not answered: %s", env.msg_id,
                           self.service_addr, err)
             return None
         except ProtocolError as err:
-            # Correctly signed, so the caller holds the key: answer with a signed 400 it can trust.
-            self._signed()
+            # Correctly signed, so the caller holds the key: answer with a signed 400 it can trust. (Age and
+            # replay were not checked: no credit to its connection.)
+            self._heard(tuple(routing))
             self.stats["malformed"] += 1
             self._log.log(logging.WARNING, "malformed request", "malformed request %r on %s, answered REP 400: %s",
                           env.msg_id, self.service_addr, err)
@@ -353,14 +363,26 @@ class ServiceConnection:
                                   body=build_error_body("ProtocolError", str(err)))
             self._send(routing, envelope.build_reply(self.signer, env.msg_id, bad, now))
             return None
-        self._signed()
-        request.sender = tuple(routing)
+        request.sender = self._signed(routing)
         return request
 
-    def _signed(self) -> None:
-        """The message being accepted passed its signature check: its connection is a key holder's."""
+    def _signed(self, routing: list[bytes]) -> Peer:
+        """The message being accepted passed every check (signature, age, replay): its connection is a key
+        holder's, and a client to tell when draining. Returns the peer."""
+        peer = tuple(routing)
+        self._heard(peer)
         if self.admission is not None:
             self.admission.signed(self.channel.source)
+        return peer
+
+    def _refused(self) -> None:
+        """The message being accepted was refused: one more against its connection, if it never signed."""
+        if self.admission is not None:
+            self.admission.refused(self.channel.source)
+
+    def _behind(self) -> bool:
+        """Whether messages wait unread (the service is saturated, or the hub was busy)."""
+        return self.channel.paused or self.channel.readable()
 
     def _reject_malformed(self, frames: list[bytes], err: ProtocolError) -> int | None:
         """Answer what looks like our protocol with a usable id with ERR, so the caller fails fast; return
@@ -377,15 +399,22 @@ class ServiceConnection:
         now = now_ms()
         try:
             header, body = envelope.parse_control(env, self.signer, now, self.window_ms)
-            replayed = self.pings.check(env.mac, header.ts, now)
-            if replayed is not None:
-                raise AuthenticationError(replayed)
         except (AuthenticationError, ProtocolError) as err:
             self.stats["forged"] += 1
+            self._refused()
             self._log.log(logging.WARNING, "forged ping", "refused PING on %s: %s", self.service_addr, err)
             self._send(routing, envelope.build_error(env.msg_id, 401, str(err), now))
             return
-        self._signed()
+        replayed = self.pings.check(env.mac, header.ts, now)
+        if replayed is not None:
+            # Dropped, not answered: a client that sent the same bytes twice (two 0.4 clients beating in
+            # step) only misses a beat, while an ERR 401 would make it take the worker for refusing it.
+            self.stats["replayed"] += 1
+            self._refused()
+            self._log.log(logging.INFO, "replayed ping", "dropped PING %r on %s, unanswered: %s", env.msg_id,
+                          self.service_addr, replayed)
+            return
+        self._signed(routing)
         if self.draining and isinstance(body, dict) and "drain_ack" in body:
             self._acknowledged(tuple(routing), body["drain_ack"])
         self._send(routing, envelope.build_pong(self.signer, env.msg_id, now, self.describe()))
@@ -461,39 +490,27 @@ class ServiceConnection:
         self._send(list(message.sender), envelope.build_reply(self.signer, message.msg_id, response, now), deadline)
 
     def _send(self, routing: list[bytes], frames: list[bytes], deadline: int | None = None) -> None:
-        """Send to one caller. When its queue is full (it sends faster than it reads replies), a worker
-        waits for room until the request's deadline (its caller has given up by then), and at most
-        SEND_PATIENCE from when that caller's queue was first found full: a caller that reads nothing
-        holds no worker longer than that, and its later replies are dropped at once until one gets
-        through. The hub, which must not wait, drops. A caller that is gone (EHOSTUNREACH) is not waited
-        for."""
+        """Send to one caller. When its queue is full (it sends faster than it reads replies), a reply with
+        a `deadline` joins that caller's backlog (brubeckservice/backlog.py) and the worker goes on; what
+        the hub sends (PONG, ERR) is dropped then. A caller that is gone (EHOSTUNREACH) is not waited for."""
         message = [*routing, *frames]
         peer = tuple(routing)
         if self.draining and frames[1] != envelope.PONG:
             self._unread.add(peer)  # (see _await_settled)
-        pause = 0.001
-        while True:
+        backlogs = self.backlogs
+        if peer not in backlogs:
             try:
                 self.channel.send(message)
-                if self._blocked:
-                    self._blocked.pop(peer, None)
                 return
             except zmq.Again:
-                blocked = self._blocked.setdefault(peer, time.monotonic())
-                if len(self._blocked) > MAX_CLIENTS:
-                    del self._blocked[next(iter(self._blocked))]
-                if (getcurrent() is get_hub() or deadline is None or now_ms() >= deadline
-                        or time.monotonic() - blocked >= SEND_PATIENCE):
-                    err: str = "the caller's queue stayed full"
-                    break
-                gevent.sleep(pause)
-                pause = min(pause * 2, 0.05)
+                pass
             except zmq.ZMQError as exc:
-                err = str(exc)
-                break
-        self.stats["undeliverable"] += 1
-        self._log.log(logging.WARNING, "undeliverable", "could not deliver on %s, dropped: %s", self.service_addr,
-                      err)
+                backlogs.dropped(1, str(exc))
+                return
+        if deadline is None or getcurrent() is get_hub():
+            backlogs.dropped(1, "the caller's queue is full")
+        else:
+            backlogs.add(peer, message, deadline)
 
     # -- draining -------------------------------------------------------------------------------------
 
@@ -543,7 +560,7 @@ class ServiceConnection:
                         told.settled = "silent"
                     else:
                         wake = min(wake, last + self.heartbeat_ttl)
-            idle = self.inflight == 0 and self.queued == 0
+            idle = self.inflight == 0 and self.queued == 0 and not len(self.backlogs)
             if idle and self._unread:
                 # A client that set ZMQ_IMMEDIATE (as §1 advises) loses what it has not read yet when the
                 # connection closes, so answers sent since its DRAIN may still be lost. One more DRAIN after
@@ -609,6 +626,7 @@ class ServiceConnection:
         self._log.close()
         if self._pump is not None:
             self._pump.close()
+        self.backlogs.close()
         if self.admission is not None:
             self.admission.close()  # (its monitor goes before the socket)
         # Answers already sent (the last ones of a drain) get a second to leave; linger 0 would drop them.

@@ -121,10 +121,11 @@ class ReplayGuard:
     keeps, per session, the highest number seen and a bitmap of the `reorder` numbers below it, as IPsec's
     anti-replay window does (RFC 4303, 3.4.3). A number seen before, or older than the bitmap, is refused.
     When `max_sessions` are remembered, the least recently active one is forgotten, and the guard keeps
-    the newest timestamp it had seen (`watermark`): a message of a session it does not know that is no
-    newer than that is refused, since it may belong to a forgotten one. A flood of fresh sessions (which
-    takes the key) can therefore make it refuse genuine first messages whose clock is behind, never
-    accept a replay.
+    the newest timestamp it had seen, or this host's time when that is earlier (`watermark`): a message
+    of a session it does not know that is no newer than that is refused, since it may belong to a
+    forgotten one. A flood of fresh sessions (which takes the key) can therefore make it refuse genuine
+    first messages whose clock is behind, never accept a replay of a message stamped no later than it
+    arrived, and a flood stamped in the future cannot push the watermark past the present.
     """
 
     def __init__(self, window_ms: int = 30_000, reorder: int = 1024, max_sessions: int = 100_000) -> None:
@@ -150,7 +151,8 @@ class ReplayGuard:
                         "replay guard is full): it may be a replay")
             if len(sessions) >= self.max_sessions:
                 _, forgotten = sessions.popitem(last=False)
-                self.watermark = max(self.watermark, forgotten[2])
+                # (never past this host's clock: future-stamped sessions must not lock everyone out)
+                self.watermark = max(self.watermark, min(forgotten[2], now_ms))
             sessions[sid] = [seq, 1, timestamp_ms]
             return None
         highest, bitmap = state[0], state[1]
@@ -205,6 +207,6 @@ class SeenMacs:
             return "no newer than a message forgotten to make room (the replay guard is full): it may be a replay"
         if len(seen) >= self.max_entries:
             _, forgotten = seen.popitem(last=False)
-            self.watermark = max(self.watermark, forgotten)
+            self.watermark = max(self.watermark, min(forgotten, now_ms))
         seen[mac] = timestamp_ms
         return None

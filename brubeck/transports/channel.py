@@ -127,7 +127,10 @@ class Channel:
         sock = self.socket
         frame = _backend_recv(sock, _NOBLOCK, False)
         if self.track_source:
-            self.source = frame.get(_SRCFD)
+            try:
+                self.source = frame.get(_SRCFD)
+            except zmq.ZMQError:  # (a ZMTP 1.0 peer's messages carry no metadata: EINVAL)
+                self.source = -1
         # Frames (copy=False) know whether more follow: no RCVMORE getsockopt per frame.
         frames = [frame.bytes]
         while frame.more:
@@ -160,6 +163,10 @@ class Channel:
         except zmq.ZMQError as err:
             if not self.socket.closed:
                 self._log.error("receiving failed: %s", err)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     def deliver_waiting(self) -> None:
         """Hand every message waiting now to `on_message` at once, as the hub would soon."""

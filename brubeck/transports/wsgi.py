@@ -3,6 +3,11 @@
 The environ is turned into the same `Request` Mongrel2 messages become (Mongrel2's header shape). A handler
 that returns None answers later through `connection.reply(message, response)`, as behind Mongrel2; the
 WSGI request waits for that reply up to `reply_timeout` seconds, then gets a 504.
+
+Hostile clients: each connection takes a greenlet of the app's pool while it waits for a request, so a
+connection that sends nothing for `idle_timeout` seconds is closed (a socket timeout on every read: the
+request line, the headers, the body), and what gevent's server logs about malformed HTTP goes through a
+`LogThrottle` (one line per 10 s, then a count), cut to 300 characters, instead of to stderr.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from urllib.parse import quote
 
 from gevent import Timeout
 from gevent.event import AsyncResult
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
+from brubeck.throttle import LogThrottle
 from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes
 from brubeck.wire.mongrel2 import HeaderValue, build_request_headers
 
@@ -29,6 +35,41 @@ log = logging.getLogger("brubeck.wsgi")
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 SENDER = "wsgi"
+#: Seconds a connection may send nothing (between requests, or within one) before it is closed.
+DEFAULT_IDLE_TIMEOUT = 60.0
+
+
+class _Handler(WSGIHandler):  # type: ignore[misc]
+    """gevent's handler, with a timeout on each read of the connection (`WSGIConnection.idle_timeout`)."""
+
+    def handle(self) -> None:
+        timeout = getattr(self.server, "idle_timeout", None)
+        if timeout:
+            self.socket.settimeout(timeout)
+        super().handle()
+
+    def _handle_client_error(self, ex: Exception) -> Any:
+        # gevent prints a traceback for invalid input that is not a ValueError (more than 100 headers is an
+        # http.client.HTTPException): as a ValueError it is one line in the error log, and still a 400.
+        return super()._handle_client_error(ex if isinstance(ex, ValueError) else ValueError(str(ex) or repr(ex)))
+
+
+class _ErrorLog:
+    """A file-like error log for gevent's server: its lines, short and throttled (brubeck.throttle)."""
+
+    def __init__(self, throttle: LogThrottle) -> None:
+        self._throttle = throttle
+
+    def write(self, text: str) -> None:
+        text = text.strip()
+        if text:
+            self._throttle.log(logging.WARNING, "http", "HTTP server: %.300s", text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        self.write("".join(lines))
+
+    def flush(self) -> None:
+        return None
 
 
 def headers_from_environ(environ: dict[str, Any]) -> dict[str, HeaderValue]:
@@ -54,10 +95,12 @@ class WSGIConnection(WebConnection):
 
     def __init__(self, port: int = 6767, host: str = "127.0.0.1", *,
                  max_body_size: int | None = DEFAULT_MAX_BODY_SIZE, reply_timeout: float = 60.0,
-                 log_requests: bool = False) -> None:
+                 log_requests: bool = False, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT) -> None:
         super().__init__(max_body_size)
         self.port, self.host = port, host
         self.reply_timeout = reply_timeout
+        self.idle_timeout = idle_timeout
+        self._log = LogThrottle(log)
         self.log_requests = log_requests
         self.application: Application | None = None
         self.server: WSGIServer | None = None
@@ -77,7 +120,9 @@ class WSGIConnection(WebConnection):
         self.application = application
         spawn = application.pool if application.pool is not None else "default"
         self.server = WSGIServer((self.host, self.port), self, spawn=spawn,
-                                 log="default" if self.log_requests else None)
+                                 log="default" if self.log_requests else None, error_log=_ErrorLog(self._log),
+                                 handler_class=_Handler)
+        self.server.idle_timeout = self.idle_timeout
         self.server.start()
         self.port = self.server.server_port
 
@@ -90,7 +135,12 @@ class WSGIConnection(WebConnection):
             return 400
         if self.too_large(length):
             return 413
-        body = environ["wsgi.input"].read(length) if length else b""
+        try:
+            body = environ["wsgi.input"].read(length) if length else b""
+        except OSError:  # (the client went away, or sent nothing for idle_timeout, mid-body)
+            return 400
+        if len(body) < length:
+            return 400  # (a body shorter than its Content-Length)
         headers = headers_from_environ(environ)
         return Request(SENDER, str(next(self._ids)), str(headers["PATH"]), headers, body)
 
@@ -100,8 +150,8 @@ class WSGIConnection(WebConnection):
             raise RuntimeError("WSGIConnection used before start()")
         request = self._read_request(environ)
         if isinstance(request, int):
-            log.warning("refusing request %s %s: %d", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
-                        request)
+            self._log.log(logging.WARNING, "refused", "refusing request %.20s %.200s: %d",
+                          environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), request)
             dummy = Request(SENDER, "0", environ.get("PATH_INFO", "/"), headers_from_environ(environ), b"")
             return self._respond(app.base_handler(app, dummy).render_error(request), start_response)
         slot: AsyncResult = AsyncResult()
@@ -139,3 +189,4 @@ class WSGIConnection(WebConnection):
     def close(self) -> None:
         if self.server is not None:
             self.server.stop(timeout=1)
+        self._log.close()

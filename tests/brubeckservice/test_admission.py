@@ -17,7 +17,7 @@ import zmq.green as zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from brubeck.transports.channel import Channel
-from brubeckservice.admission import Admission, default_max_connections
+from brubeckservice.admission import REFUSED_BUDGET, UNSIGNED_MAX_MESSAGE, Admission, default_max_connections
 from tests.brubeckservice.helpers import WAIT, wait_until
 
 log = logging.getLogger("tests.admission")
@@ -35,9 +35,14 @@ class Service:
         self.channel = Channel(self.router, self._on_message, track_source=True)
 
     def _on_message(self, frames: list[bytes]) -> None:
+        fd = self.channel.source
+        if not self.admission.admits(fd, sum(map(len, frames))):
+            return
         self.received.append(frames[-1])
-        if frames[-1] == b"signed":
-            self.admission.signed(self.channel.source)
+        if frames[-1] in (b"signed", b"y" * (UNSIGNED_MAX_MESSAGE + 1)):
+            self.admission.signed(fd)
+        else:
+            self.admission.refused(fd)
 
     def close(self) -> None:
         self.admission.close()
@@ -89,16 +94,83 @@ def test_a_connection_that_never_signs_is_closed_after_auth_timeout(context: Any
         service.close()
 
 
-def test_garbage_is_not_signing(context: Any) -> None:
-    service = Service(context, auth_timeout=0.3)
+def test_a_connection_that_never_signed_is_closed_at_its_refused_budget(context: Any) -> None:
+    service = Service(context, auth_timeout=60)
     noisy = Peer(context, service.address)
     try:
-        for _ in range(5):
+        for _ in range(REFUSED_BUDGET):
             noisy.socket.send(b"garbage")
         assert noisy.next_event() == zmq.EVENT_DISCONNECTED
-        assert len(service.received) == 5
+        assert service.stats["connections_closed_refused"] == 1
+        assert len(service.received) == REFUSED_BUDGET
     finally:
         noisy.close()
+        service.close()
+
+
+def test_a_large_message_before_any_signed_one_closes_its_connection(context: Any) -> None:
+    service = Service(context, auth_timeout=60)
+    big, signed = Peer(context, service.address), Peer(context, service.address)
+    try:
+        signed.socket.send(b"signed")
+        wait_until(lambda: service.received == [b"signed"], "the signed message")
+        big.socket.send(b"x" * (UNSIGNED_MAX_MESSAGE + 1))
+        signed.socket.send(b"y" * (UNSIGNED_MAX_MESSAGE + 1))  # a key holder's: fine
+        assert big.next_event() == zmq.EVENT_DISCONNECTED
+        assert service.stats["connections_closed_oversized"] == 1
+        wait_until(lambda: len(service.received) == 2, "the key holder's large message")  # (not the other)
+        assert service.received[1] == b"y" * (UNSIGNED_MAX_MESSAGE + 1) and not signed.cut_off()
+    finally:
+        big.close()
+        signed.close()
+        service.close()
+
+
+def test_nobody_is_judged_while_messages_wait_unread(context: Any) -> None:
+    # Closing a connection whose signed PING waits unread (the service saturated, its socket paused) would
+    # close a genuine client.
+    behind = [True]
+    service = Service(context, auth_timeout=0.2, backlog=lambda: behind[0])
+    peer = Peer(context, service.address)
+    try:
+        wait_until(lambda: len(service.admission) == 1, "the connection")
+        for connection in service.admission.connections.values():
+            connection.accepted_at -= 1.0  # past auth_timeout: only the unread messages spare it
+        service.admission.sweep()
+        assert not peer.cut_off() and len(service.admission) == 1
+        behind[0] = False
+        assert peer.next_event() == zmq.EVENT_DISCONNECTED
+    finally:
+        peer.close()
+        service.close()
+
+
+def test_a_descriptor_reused_by_another_socket_is_not_shut_down(context: Any) -> None:
+    import os
+    import socket
+
+    service = Service(context, auth_timeout=60)
+    peer = Peer(context, service.address)
+    other_a, other_b = socket.socketpair()
+    try:
+        wait_until(lambda: len(service.admission) == 1, "the connection")
+        (fd, connection), = service.admission.connections.items()
+        # As if libzmq had closed the connection and the number now named another socket: dup2 puts one
+        # there, and the admission's record no longer matches its inode.
+        saved = os.dup(fd)
+        os.dup2(other_a.fileno(), fd)
+        try:
+            service.admission.sweep()  # (nothing due)
+            service.admission._close(fd, connection, "test", "closing %d", fd)
+            other_b.sendall(b"still open")
+            assert other_a.recv(16) == b"still open"
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+    finally:
+        other_a.close()
+        other_b.close()
+        peer.close()
         service.close()
 
 
@@ -114,7 +186,9 @@ def test_a_connection_silent_for_idle_timeout_is_closed(context: Any) -> None:
         service.close()
 
 
-def test_at_the_limit_a_newcomer_pushes_out_the_oldest_that_never_signed(context: Any) -> None:
+def test_at_the_limit_a_newcomer_pushes_out_the_oldest_that_never_signed(context: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("brubeckservice.admission.ROOM_GRACE", 0.0)
     service = Service(context, max_connections=3, auth_timeout=60)
     signed = Peer(context, service.address)
     peers: list[Peer] = []
@@ -152,7 +226,8 @@ def test_when_every_connection_signed_the_newcomer_is_closed(context: Any) -> No
         service.close()
 
 
-def test_many_keyless_connections_stay_within_the_limit(context: Any) -> None:
+def test_many_keyless_connections_stay_within_the_limit(context: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("brubeckservice.admission.ROOM_GRACE", 0.0)
     service = Service(context, max_connections=20, auth_timeout=60)
     crowd: list[Peer] = []
     try:

@@ -236,3 +236,15 @@ def test_during_a_rotation_the_first_passphrase_signs_and_any_verifies() -> None
 def test_no_passphrase_of_a_rotation_may_be_empty(passphrases: list[str]) -> None:
     with pytest.raises(ValueError, match="must not be empty"):
         Signer(passphrases)
+
+
+def test_sessions_stamped_in_the_future_cannot_lock_out_the_present() -> None:
+    # A key holder flooding fresh sessions stamped 20 s ahead pushed the watermark into the future: every
+    # genuine new session (and every PING) was then refused as a possible replay, for 20 s.
+    guard, seen = ReplayGuard(max_sessions=10), SeenMacs(max_entries=10)
+    for index in range(100):
+        assert guard.check(f"ahead-{index}", 1, NOW + 20_000, NOW) is None
+        assert seen.check(b"%032d" % index, NOW + 20_000, NOW) is None
+    assert guard.watermark == seen.watermark == NOW
+    assert guard.check("genuine", 1, NOW + 1, NOW + 1) is None
+    assert seen.check(b"g" * 32, NOW + 1, NOW + 1) is None

@@ -162,3 +162,53 @@ def test_a_pump_with_a_limit_handles_that_many_at_once_and_everything_in_order(
     assert most[0] == 2
     pump.close()
     pump.channel.close(linger=0)
+
+
+def test_a_message_of_too_many_frames_is_cut_short_and_the_next_one_arrives_whole(
+        context: zmq.Context[zmq.Socket[bytes]]) -> None:
+    sender, receiver = pair(context)
+    sender.send_multipart([b"%d" % n for n in range(100)])
+    sender.send_multipart([b"next", b"one"])
+    received: Queue = Queue()
+    channel = Channel(receiver, received.put, max_frames=10)
+    assert received.get(timeout=WAIT) == [b"%d" % n for n in range(11)]  # the first 11 kept: "too many"
+    assert received.get(timeout=WAIT) == [b"next", b"one"]  # the other 89 were read and thrown away
+    channel.close(linger=0)
+
+
+def test_the_source_of_each_message_is_its_connections_descriptor(tmp_path: object) -> None:
+    import socket
+    import time
+
+    import zmq.green as gzmq
+
+    context: zmq.Context[zmq.Socket[bytes]] = gzmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.bind("tcp://127.0.0.1:*")
+    address = router.getsockopt_string(zmq.LAST_ENDPOINT)
+    sources: Queue = Queue()
+    channel = Channel(router, lambda frames: sources.put((frames[-1], channel.source)), track_source=True)
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(address)
+    raw = socket.create_connection(address[len("tcp://"):].rsplit(":", 1))  # type: ignore[arg-type]
+    try:
+        dealer.send(b"zmtp 3")
+        frame, fd = sources.get(timeout=WAIT)
+        assert frame == b"zmtp 3" and fd > 2
+        # A peer whose first byte is not 0xFF speaks ZMTP 1.0 to libzmq: its messages have no metadata, and
+        # asking for ZMQ_SRCFD raised EINVAL, which stopped the channel. Now the source is -1.
+        # ZMTP 1.0 framing: per frame, its length + 1, a flags byte (1: more follow), the body; the first
+        # message is the peer's identity.
+        raw.sendall(b"\x05\x00peer" + b"\x03\x01ab" + b"\x06\x00world")
+        frame, fd = sources.get(timeout=WAIT)
+        assert (frame, fd) == (b"world", -1)
+        dealer.send(b"still read")
+        deadline = time.monotonic() + WAIT
+        while frame != b"still read" and time.monotonic() < deadline:
+            frame, fd = sources.get(timeout=WAIT)
+        assert frame == b"still read" and fd > 2
+    finally:
+        raw.close()
+        dealer.close(linger=0)
+        channel.close(linger=0)
+        context.destroy(linger=0)

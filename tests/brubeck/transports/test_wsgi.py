@@ -88,3 +88,31 @@ def test_process_messages_serves_until_the_connection_is_closed() -> None:
     serving.join(timeout=5)
     assert serving.dead
     assert serving.exception is None
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send `data` on a fresh TCP connection, half-close it, and return everything the server answers."""
+    from gevent import socket  # (the server runs in this process's hub)
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_body_shorter_than_its_content_length_is_a_400() -> None:
+    with serve_wsgi() as running:
+        answer = raw_exchange(running.port, b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort")
+        assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_connection_silent_for_idle_timeout_is_closed() -> None:
+    from gevent import socket
+
+    with serve_wsgi(idle_timeout=0.3) as running, \
+            socket.create_connection(("127.0.0.1", running.port), timeout=5) as idle:
+        assert idle.recv(1) == b""  # closed by the server, well before our own 5 s timeout
+        assert fetch("GET", f"{running.url}/hello?name=later").text == "hello later"
