@@ -639,7 +639,7 @@ def test_a_reply_over_max_reply_size_fails_its_call_at_once(tmp_path: Path) -> N
                 break
         big = ServiceResponse(status_code=200, body="x" * (1 << 20))
         router.send_multipart([*routing, *envelope.build_reply(signer, env.msg_id, big, now_ms())])
-        with pytest.raises(ServiceUnavailable, match="lost while /echo was in flight .* over max_reply_size"):
+        with pytest.raises(ServiceUnavailable, match=r"lost while /echo was in flight .* over max_reply_size"):
             call.get(timeout=WAIT)  # not the call's 30 s
         # libzmq gives such a connection up for good (a protocol error): the client reconnects itself.
         call = gevent.spawn(client.call, "/echo")
