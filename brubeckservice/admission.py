@@ -122,32 +122,43 @@ class Admission:
         self._backlog = backlog
         self._sock = sock
         self.connections: OrderedDict[int, _Connection] = OrderedDict()  # by descriptor, oldest first
+        #: Descriptors shut down whose DISCONNECTED is not read yet: what libzmq had queued from them is
+        #: dropped unread (no MAC computed for a connection already refused).
+        self._cut: set[int] = set()
         self.channel = Channel(unbounded_monitor(sock, EVENTS | extra_events), self._event, log=logger)
         self._sweeper = gevent.spawn(self._sweep_loop)
 
     def __len__(self) -> int:
         return len(self.connections)
 
+    def _record(self, fd: int) -> _Connection | None:
+        """The record of the connection a message just read came on. libzmq's I/O thread writes a
+        connection's ACCEPTED event (and the DISCONNECTED of the one that had its descriptor before) to the
+        monitor before it delivers any of its messages, so reading the events waiting first makes the
+        record the right one, even for a descriptor reused a moment ago. (One getsockopt when none wait.)"""
+        if fd < 0:
+            return None
+        self.channel.deliver_waiting()
+        return self.connections.get(fd)
+
     def signed(self, fd: int) -> None:
         """A correctly signed message came on descriptor `fd`."""
-        connection = self.connections.get(fd)
-        if connection is None and fd >= 0:
-            # Its ACCEPTED event, written to the monitor before the handshake, may not have been read yet.
-            self.channel.deliver_waiting()
-            connection = self.connections.get(fd)
+        connection = self._record(fd)
         if connection is not None:
             connection.signed_at = time.monotonic()
 
     def _unsigned(self, fd: int) -> _Connection | None:
-        connection = self.connections.get(fd)
-        if connection is None and fd >= 0:
-            self.channel.deliver_waiting()
-            connection = self.connections.get(fd)
+        connection = self._record(fd)
         return connection if connection is not None and connection.signed_at is None else None
 
     def admits(self, fd: int, size: int) -> bool:
         """Whether to look at a message of `size` bytes from `fd`: not when its connection has not signed
-        and the message is larger than UNSIGNED_MAX_MESSAGE (the connection is then closed)."""
+        and the message is larger than UNSIGNED_MAX_MESSAGE (the connection is then closed), nor when it
+        comes from a connection closed already."""
+        if self._cut and fd in self._cut:
+            self.channel.deliver_waiting()  # (its DISCONNECTED, or a new connection's ACCEPTED, may wait)
+            if fd in self._cut:
+                return False
         if size <= UNSIGNED_MAX_MESSAGE:
             return True
         if fd < 0:
@@ -173,8 +184,10 @@ class Admission:
         message = parse_monitor_message(frames)
         event, value = int(message["event"]), int(message["value"])
         if event == zmq.EVENT_ACCEPTED:
+            self._cut.discard(value)
             self._accepted(value)
         elif event == zmq.EVENT_DISCONNECTED:
+            self._cut.discard(value)
             self.connections.pop(value, None)
         elif self._on_event is not None:
             self._on_event(event, value, message["endpoint"].decode("utf-8", "replace"))
@@ -237,6 +250,7 @@ class Admission:
         try:
             if _inode(duplicate) != connection.inode:
                 return  # (the number was reused: not ours to touch)
+            self._cut.add(fd)
             with contextlib.suppress(OSError):
                 shut = socket.socket(fileno=duplicate)
                 duplicate = -1  # (the socket object owns it now)

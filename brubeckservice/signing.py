@@ -121,11 +121,13 @@ class ReplayGuard:
     keeps, per session, the highest number seen and a bitmap of the `reorder` numbers below it, as IPsec's
     anti-replay window does (RFC 4303, 3.4.3). A number seen before, or older than the bitmap, is refused.
     When `max_sessions` are remembered, the least recently active one is forgotten, and the guard keeps
-    the newest timestamp it had seen, or this host's time when that is earlier (`watermark`): a message
-    of a session it does not know that is no newer than that is refused, since it may belong to a
-    forgotten one. A flood of fresh sessions (which takes the key) can therefore make it refuse genuine
-    first messages whose clock is behind, never accept a replay of a message stamped no later than it
-    arrived, and a flood stamped in the future cannot push the watermark past the present.
+    the newest timestamp that session had sent, or when that message arrived if it was stamped later
+    (`watermark`): a message of a session it does not know that is no newer than that is refused, since it
+    may belong to a forgotten one. A flood of fresh sessions (which takes the key) can therefore make it
+    refuse genuine first messages whose clock is behind, but never accept a replay of a message stamped no
+    later than it arrived; and a flood stamped in the future cannot push the watermark past the moments
+    its messages arrived. (A replay of a forgotten session whose clock ran ahead of this host's may pass
+    the watermark; the timestamp window still bounds it.)
     """
 
     def __init__(self, window_ms: int = 30_000, reorder: int = 1024, max_sessions: int = 100_000) -> None:
@@ -151,9 +153,10 @@ class ReplayGuard:
                         "replay guard is full): it may be a replay")
             if len(sessions) >= self.max_sessions:
                 _, forgotten = sessions.popitem(last=False)
-                # (never past this host's clock: future-stamped sessions must not lock everyone out)
-                self.watermark = max(self.watermark, min(forgotten[2], now_ms))
-            sessions[sid] = [seq, 1, timestamp_ms]
+                self.watermark = max(self.watermark, forgotten[2])
+            # (its newest timestamp, but never past when it arrived: future-stamped sessions must not push
+            # the watermark ahead of the genuine ones that follow)
+            sessions[sid] = [seq, 1, min(timestamp_ms, now_ms)]
             return None
         highest, bitmap = state[0], state[1]
         if seq > highest:
@@ -167,7 +170,7 @@ class ReplayGuard:
             if bitmap >> offset & 1:
                 return "replayed message"
             state[1] = bitmap | (1 << offset)
-        state[2] = max(state[2], timestamp_ms)
+        state[2] = max(state[2], min(timestamp_ms, now_ms))
         sessions.move_to_end(sid)
         return None
 
@@ -207,6 +210,6 @@ class SeenMacs:
             return "no newer than a message forgotten to make room (the replay guard is full): it may be a replay"
         if len(seen) >= self.max_entries:
             _, forgotten = seen.popitem(last=False)
-            self.watermark = max(self.watermark, min(forgotten, now_ms))
-        seen[mac] = timestamp_ms
+            self.watermark = max(self.watermark, forgotten)
+        seen[mac] = min(timestamp_ms, now_ms)  # (as in ReplayGuard)
         return None

@@ -248,3 +248,13 @@ def test_sessions_stamped_in_the_future_cannot_lock_out_the_present() -> None:
     assert guard.watermark == seen.watermark == NOW
     assert guard.check("genuine", 1, NOW + 1, NOW + 1) is None
     assert seen.check(b"g" * 32, NOW + 1, NOW + 1) is None
+
+
+def test_a_forgotten_future_stamped_session_counts_from_when_it_arrived() -> None:
+    # Clamping to the moment a session was forgotten still refused a genuine first message stamped just
+    # before that moment (the guard full of sessions stamped ahead, during and after such a flood).
+    guard = ReplayGuard(30_000, max_sessions=2)
+    for index, arrival in enumerate((NOW, NOW, NOW + 5)):
+        assert guard.check(f"ahead-{index}", 1, NOW + 20_000, arrival) is None
+    assert guard.watermark == NOW  # when the forgotten one arrived, not NOW + 5 nor NOW + 20 s
+    assert guard.check("genuine", 1, NOW + 4, NOW + 6) is None
