@@ -110,7 +110,7 @@ def test_demo_end_to_end(demo: RunningDemo, page: Page) -> None:
     assert time.monotonic() - started < DELAY, "the hand-off page waited for the service"
     assert page.locator("h1").inner_text() == "Handed off to the service"
     job = page.locator("#job").inner_text()
-    assert re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", job)
+    assert re.fullmatch(r"[0-9a-f]{16}", job)  # (the call's correlation id: 64 random bits)
     shot(page, "async")
     handled = demo.wait_for_line(rf"\[client\] .*background reply for job {re.escape(job)}, .*: 200 .*"
                                  r"RETURN_DATA='Handed off by the web app at ", DELAY * 5)
