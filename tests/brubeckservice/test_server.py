@@ -12,6 +12,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -642,26 +643,33 @@ def test_impossible_options_are_refused(options: dict[str, Any]) -> None:
 
 # -- which connections a service keeps (brubeckservice/admission.py, through the real ServiceConnection) ----
 
+@contextmanager
+def keyless_peer(worker: Worker) -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
+    """A bare DEALER connected to `worker` that does not reconnect, and a monitor of its disconnection."""
+    keyless = worker.context.socket(zmq.DEALER)
+    keyless.setsockopt(zmq.LINGER, 0)
+    keyless.setsockopt(zmq.RECONNECT_IVL, 60_000)  # (cut off stays cut off, for the test to see)
+    events = keyless.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    keyless.connect(worker.address)
+    try:
+        yield keyless, events
+    finally:
+        keyless.disable_monitor()
+        events.close(linger=0)
+        keyless.close(linger=0)
+
+
 def test_a_connection_that_only_sends_garbage_is_closed_and_a_signing_one_stays(
         worker_of: Callable[..., Worker]) -> None:
     worker = worker_of(auth_timeout=0.3)
     signing = worker.client("signing")
     assert signing.pong()["inflight"] == 0  # a signed PING: this connection is a key holder's
-    keyless = worker.context.socket(zmq.DEALER)
-    keyless.setsockopt(zmq.LINGER, 0)
-    keyless.setsockopt(zmq.RECONNECT_IVL, 60_000)
-    events = keyless.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    keyless.connect(worker.address)
-    try:
+    with keyless_peer(worker) as (keyless, events):
         keyless.send_multipart([b"BRS1", b"REQ", b"x", b"{}", b"{}", b"\x00" * 32])  # unsigned: ERR 401
         assert error_of(receive(keyless))[1] == 401
         assert events.poll(int(WAIT * 1000)), "the keyless connection was not closed"
         assert worker.connection.stats["connections_closed_unauthenticated"] == 1
         assert signing.pong()["inflight"] == 0  # still connected, still answered
-    finally:
-        keyless.disable_monitor()
-        events.close(linger=0)
-        keyless.close(linger=0)
 
 
 def test_inproc_has_no_connections_to_keep(pair: ServicePair) -> None:
@@ -675,17 +683,8 @@ def test_a_replayed_recording_earns_its_connection_nothing(worker_of: Callable[.
     old = now_ms() - 60_000
     request = ServiceRequest(path="/echo", arguments={})
     recording = envelope.build_request(SIGNER, b"rec", request, old, "victim", 1, deadline=old + 5_000)
-    keyless = worker.context.socket(zmq.DEALER)
-    keyless.setsockopt(zmq.LINGER, 0)
-    keyless.setsockopt(zmq.RECONNECT_IVL, 60_000)
-    events = keyless.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    keyless.connect(worker.address)
-    try:
+    with keyless_peer(worker) as (keyless, events):
         keyless.send_multipart(recording)
         assert events.poll(int(WAIT * 1000)), "the connection was kept"
         assert worker.connection.stats["expired"] == 1
         assert worker.connection.stats["connections_closed_unauthenticated"] == 1
-    finally:
-        keyless.disable_monitor()
-        events.close(linger=0)
-        keyless.close(linger=0)
