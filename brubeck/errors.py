@@ -16,6 +16,14 @@ class BrubeckError(Exception):
     status_code: int = HTTPStatus.INTERNAL_SERVER_ERROR
 
 
+class Cancelled(BaseException):
+    """Raised in a handler's greenlet when whoever waited for its request stopped waiting (brubeck.context).
+
+    Not a `BrubeckError`, not even an `Exception`, on purpose (as `asyncio.CancelledError` and gevent's
+    `GreenletExit`): a handler's `except Exception` must not swallow it. The transport that cancelled the
+    request catches it, answers nothing and frees the request's slot."""
+
+
 class ConfigurationError(BrubeckError):
     """The application was set up wrongly (e.g. no `msg_conn`)."""
 

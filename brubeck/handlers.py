@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
+from brubeck.context import RequestContext
+from brubeck.context import current as current_context
 from brubeck.cookies import format_set_cookie, sign_value, unsign_value
 from brubeck.errors import BrubeckError, HTTPError
 from brubeck.response import HTTPResponse
@@ -125,6 +127,24 @@ class MessageHandler:
         self.clear_payload()
         self.set_status(error_code, status_msg)
         return self.render()
+
+    # -- what travels with the request (brubeck.context) ------------------------------------------------
+
+    @property
+    def request_context(self) -> RequestContext | None:
+        """The context of the request being served: its trace, its deadline, its cancellation."""
+        return current_context()
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the request's deadline (0.0 once past), or None when it has none."""
+        ctx = current_context()
+        return None if ctx is None else ctx.remaining()
+
+    @property
+    def trace_id(self) -> str:
+        """The request's W3C trace id (32 hex digits), or "" outside a transport."""
+        ctx = current_context()
+        return "" if ctx is None else ctx.trace.trace_id
 
     def allowed_methods(self) -> list[str]:
         """The METHODs this handler implements, upper-case, for an `Allow` header."""

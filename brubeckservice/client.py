@@ -36,6 +36,8 @@ from gevent.event import Event
 from gevent.hub import Waiter, get_hub
 from greenlet import getcurrent, greenlet
 
+from brubeck.context import current as current_context
+from brubeck.context import new_trace
 from brubeck.throttle import LogThrottle
 from brubeck.transports.channel import Workers
 from brubeckservice import envelope
@@ -49,6 +51,7 @@ from brubeckservice.errors import (
     AuthenticationError,
     ProtocolError,
     RequestTooLarge,
+    ServiceCancelled,
     ServiceError,
     ServiceTimeout,
     ServiceUnavailable,
@@ -186,7 +189,7 @@ class ServiceClient:
         signature), ProtocolError (the reply is malformed). A reply with an error status is returned, not
         raised: see `ServiceResponse.raise_for_status()`.
         """
-        limit = self.timeout if timeout is None else timeout
+        limit = self._limit(request, timeout)
         call = Call(request.path, build=self._builder(request, limit), idempotent=idempotent)
         response: ServiceResponse = self._wait(call, limit)
         return response
@@ -213,7 +216,7 @@ class ServiceClient:
                      on_reply: ReplyCallback | None = None, on_error: ErrorCallback | None = None,
                      idempotent: bool = False) -> bytes:
         """`send` for a ready-made `ServiceRequest`."""
-        limit = self.timeout if timeout is None else timeout
+        limit = self._limit(request, timeout)
         call = Call(request.path, on_reply=on_reply or self.on_reply, on_error=on_error,
                     build=self._builder(request, limit), idempotent=idempotent)
         return self._submit(call, limit)
@@ -229,16 +232,35 @@ class ServiceClient:
 
     # -- sending ------------------------------------------------------------------------------------
 
+    def _limit(self, request: ServiceRequest, timeout: float | None) -> float:
+        """How long a call may wait: its timeout (else the client's), or what is left of the deadline of the
+        request being served (brubeck.context) when that is less. None left: ServiceTimeout at once."""
+        limit = self.timeout if timeout is None else timeout
+        ctx = current_context()
+        if ctx is not None and ctx.deadline is not None:
+            limit = ctx.limit(limit)
+            if limit <= 0:
+                self.stats["past_deadline"] += 1
+                raise ServiceTimeout(f"{request.path} not sent: the request being served passed its deadline "
+                                     f"(trace {ctx.trace_id})")
+        return limit
+
     def _builder(self, request: ServiceRequest, timeout: float) -> Build:
-        # The caller's request is left as it is (reusable); a retry gets a deadline of its own.
+        # The caller's request is left as it is (reusable); a retry gets a deadline of its own. The call
+        # carries the trace of the request being served on, in a span of its own (else a new trace).
         deadline = request.deadline if request.deadline is not None else now_ms() + int(timeout * 1000)
+        trace = None
+        if not request.traceparent:
+            ctx = current_context()
+            span = new_trace() if ctx is None else ctx.trace.child(os.urandom(8))
+            trace = (span.traceparent, span.state)
 
         def build(msg_id: bytes) -> list[bytes]:
             # Numbered at the moment of building, and built when sent (or just before: see `_frames`), so
             # numbers leave in order (the service's replay window).
             self._seq += 1
             return envelope.build_request(self.signer, msg_id, request, now_ms(), self.session, self._seq,
-                                           deadline)
+                                           deadline, trace)
 
         return build
 
@@ -260,7 +282,11 @@ class ServiceClient:
         try:
             return waiter.get()
         finally:
-            self.calls.pop(msg_id)
+            worker = call.worker
+            if self.calls.pop(msg_id) is not None and worker is not None:
+                # Still in flight, and its caller stops waiting (killed, cancelled, a gevent.Timeout): the
+                # worker is told, so that it stops the work.
+                self._cancel_remote(msg_id, worker, "the caller stopped waiting")
 
     def _submit(self, call: Call, timeout: float) -> bytes:
         """Register `call` and queue its message to a worker now, or queue it here for one with room, or
@@ -558,7 +584,7 @@ class ServiceClient:
             self._expiry_changed.clear()
             self._expiry_changed.wait(timeout=wait)
             try:
-                for _, call in self.calls.expire(time.monotonic()):
+                for msg_id, call in self.calls.expire(time.monotonic()):
                     if call.worker is None and self.pool.unconnected_since() is not None:
                         # Still queued, for want of a connection: say so, not that the service was slow.
                         self.stats["unavailable"] += 1
@@ -572,9 +598,40 @@ class ServiceClient:
                     else:
                         error = ServiceTimeout(f"no reply from {call.path} at {call.worker.address} in time; "
                                                "call forgotten")
+                        self._cancel_remote(msg_id, call.worker, "timed out")
                     self._fail_call(call, error)
             except Exception:  # the reaper is what guarantees no call waits forever: it must not die
                 log.exception("failed to expire calls")
+
+    # -- cancelling ---------------------------------------------------------------------------------
+
+    def cancel(self, msg_id: bytes, reason: str = "cancelled by its caller") -> bool:
+        """Give up on an outstanding call (the id `send` returned): it fails with `ServiceCancelled` (its
+        `on_error`, or its waiting caller), a later reply is dropped, and the worker running it is told
+        (CANCEL), so that it stops it. False when no such call is outstanding. (To stop a sync `call`, kill
+        or cancel the greenlet that waits: the worker is told the same way.)"""
+        call = self.calls.get(msg_id)
+        if call is None:
+            return False
+        worker = call.worker
+        self.calls.pop(msg_id)
+        if worker is not None:
+            self._cancel_remote(msg_id, worker, reason)
+        self._fail_call(call, ServiceCancelled(f"{call.path}: {reason}"))
+        return True
+
+    def _cancel_remote(self, msg_id: bytes, worker: Worker, reason: str) -> None:
+        """Tell `worker` we gave up on the call `msg_id` (when it said it accepts CANCEL; best effort)."""
+        channel = worker.channel
+        accepts = worker.reported.get("accepts")
+        if channel is None or not isinstance(accepts, list) or "CANCEL" not in accepts:
+            return
+        try:
+            channel.send(envelope.build_cancel(self.signer, msg_id, now_ms(), reason))
+        except zmq.ZMQError:
+            self.stats["cancels_unsent"] += 1  # its queue is full or it is gone: it will find out itself
+        else:
+            self.stats["cancels_sent"] += 1
 
     # -- closing ------------------------------------------------------------------------------------
 
@@ -590,7 +647,9 @@ class ServiceClient:
             self._settle(limit)
         self._closed = True
         self._wake.set()
-        for _, call in self.calls.drain():
+        for msg_id, call in self.calls.drain():
+            if call.worker is not None:
+                self._cancel_remote(msg_id, call.worker, "the client closed")
             self._fail_call(call, ServiceUnavailable("the service client was closed"))
         self.pool.close()
         self._log.close()

@@ -3,11 +3,11 @@
 Every message is one ZeroMQ multipart message of six frames (after the routing frames a ROUTER adds)::
 
     0 marker   b"BRS1"                         protocol name and version
-    1 kind     b"REQ" | b"REP" | b"PING" | b"PONG" | b"DRAIN" | b"ERR"
+    1 kind     b"REQ" | b"REP" | b"PING" | b"PONG" | b"DRAIN" | b"CANCEL" | b"ERR"
     2 id       1..64 bytes                     correlation id, chosen by the caller, echoed in the answer
     3 header   JSON object (UTF-8)             ts (ms since epoch) and the kind's fields
-    4 body     JSON                            REQ: the arguments object; REP: the payload; PING, PONG
-                                               and DRAIN: an object (empty for ERR)
+    4 body     JSON                            REQ: the arguments object; REP: the payload; PING, PONG,
+                                               DRAIN and CANCEL: an object (empty for ERR)
     5 mac      32 bytes                        HMAC-SHA256 over frames 0-4 (see signing.py); empty for ERR
 
 Nothing here reads a clock or touches a socket: callers pass `now_ms` in and send the frames themselves.
@@ -25,8 +25,11 @@ from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import ReplayGuard, Signer, outside_window
 
 MARKER = b"BRS1"
-REQ, REP, PING, PONG, DRAIN, ERR = b"REQ", b"REP", b"PING", b"PONG", b"DRAIN", b"ERR"
-KINDS = frozenset({REQ, REP, PING, PONG, DRAIN, ERR})
+REQ, REP, PING, PONG, DRAIN, CANCEL, ERR = b"REQ", b"REP", b"PING", b"PONG", b"DRAIN", b"CANCEL", b"ERR"
+KINDS = frozenset({REQ, REP, PING, PONG, DRAIN, CANCEL, ERR})
+#: The kinds a service of this version accepts, as its PONG lists them (`accepts`): a client sends CANCEL
+#: only to a worker that listed it (an older one would answer ERR 400).
+ACCEPTED = ("REQ", "PING", "CANCEL")
 FRAMES = 6
 #: Routing frames a service accepts before the envelope: a DEALER connected straight to it adds one; the
 #: rest allow for ZeroMQ devices in between. More is refused unanswered (nothing echoes them back).
@@ -50,6 +53,9 @@ class RequestHeader(msgspec.Struct, kw_only=True, omit_defaults=True):
     headers: Headers = {}
     conn_id: str = ""
     deadline: int | None = None
+    traceparent: str = ""
+    tracestate: str = ""
+    reply_to: str = ""
 
 
 class ReplyHeader(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -109,12 +115,14 @@ def _seal(signer: Signer, kind: bytes, msg_id: bytes, header: bytes, body: bytes
 
 
 def build_request(signer: Signer, msg_id: bytes, request: ServiceRequest, now_ms: int, sid: str,
-                   seq: int, deadline: int | None = None) -> list[bytes]:
+                   seq: int, deadline: int | None = None, trace: tuple[str, str] | None = None) -> list[bytes]:
     """A signed REQ. `sid` names the calling session and `seq` numbers its requests (for replay checks);
-    `deadline` (ms since the epoch) overrides the request's own."""
+    `deadline` (ms since the epoch) and `trace` (traceparent, tracestate) override the request's own."""
+    traceparent, tracestate = (request.traceparent, request.tracestate) if trace is None else trace
     header = RequestHeader(ts=now_ms, sid=sid, seq=seq, path=request.path, method=request.method,
                            headers=request.headers, conn_id=request.conn_id,
-                           deadline=request.deadline if deadline is None else deadline)
+                           deadline=request.deadline if deadline is None else deadline,
+                           traceparent=traceparent, tracestate=tracestate, reply_to=request.reply_to)
     return _seal(signer, REQ, msg_id, _encode(header), _encode(request.arguments))
 
 
@@ -137,6 +145,12 @@ def build_pong(signer: Signer, msg_id: bytes, now_ms: int, info: dict[str, Any])
 def build_drain(signer: Signer, msg_id: bytes, now_ms: int, info: dict[str, Any]) -> list[bytes]:
     """A signed DRAIN: this worker is about to stop; `info` is `{"grace": seconds, "inflight": n}`."""
     return _seal(signer, DRAIN, msg_id, _encode(ControlHeader(ts=now_ms)), _encode(info))
+
+
+def build_cancel(signer: Signer, msg_id: bytes, now_ms: int, reason: str = "") -> list[bytes]:
+    """A signed CANCEL: the caller of the REQ with this id stopped waiting (`reason`: why, for the logs)."""
+    body = _encode({"reason": reason[:MAX_ERROR_TEXT]}) if reason else b"{}"
+    return _seal(signer, CANCEL, msg_id, _encode(ControlHeader(ts=now_ms)), body)
 
 
 def build_error(msg_id: bytes, status: int, msg: str, now_ms: int) -> list[bytes]:
@@ -206,7 +220,8 @@ def parse_request(envelope: Envelope, signer: Signer, now_ms: int, guard: Replay
         raise AuthenticationError(problem)
     return ServiceRequest(path=header.path, method=header.method, arguments=arguments, headers=header.headers,
                           conn_id=header.conn_id, timestamp=header.ts, deadline=header.deadline,
-                          body=envelope.body, msg_id=envelope.msg_id)
+                          body=envelope.body, msg_id=envelope.msg_id, traceparent=header.traceparent,
+                          tracestate=header.tracestate, reply_to=header.reply_to)
 
 
 def parse_reply(envelope: Envelope, signer: Signer, now_ms: int, window_ms: int) -> ServiceResponse:
@@ -228,7 +243,8 @@ def parse_reply(envelope: Envelope, signer: Signer, now_ms: int, window_ms: int)
 
 def parse_control(envelope: Envelope, signer: Signer | None, now_ms: int,
                  window_ms: int) -> tuple[ControlHeader, Any]:
-    """The header and body of a PING, PONG, DRAIN (signed: pass the signer) or ERR (unsigned: pass None)."""
+    """The header and body of a PING, PONG, DRAIN, CANCEL (signed: pass the signer) or ERR (unsigned: pass
+    None)."""
     if signer is not None:
         _authenticate(envelope, signer)
     try:

@@ -55,6 +55,12 @@ class ServiceUnavailable(ServiceError):
     status_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class ServiceCancelled(ServiceError):
+    """The call was given up by its own caller (`ServiceClient.cancel`); the worker was told to stop it."""
+
+    status_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+
 class ResolutionError(ServiceUnavailable):
     """A DNS name in a service address could not be resolved (brubeckservice.discovery). `reason` says why:
     "NXDOMAIN" (no such name), "no answer" (no record of that type), "timeout" (no server answered in time)

@@ -34,6 +34,13 @@ class ServiceRequest(msgspec.Struct, kw_only=True):
     msg_id: bytes = b""
     #: The routing frames of the caller's connection (set by the service's transport).
     sender: tuple[bytes, ...] = ()
+    #: W3C trace context of the call (the caller's span as parent): set by the client from the request
+    #: it serves, else a new trace (brubeck.context).
+    traceparent: str = ""
+    tracestate: str = ""
+    #: For `forward_to_service`: the name of the Mongrel2 server (one the service is configured with)
+    #: through which the service answers the web connection `conn_id` itself.
+    reply_to: str = ""
 
     def get_argument(self, name: str, default: Any = None, strip: bool = True) -> Any:
         """The argument's value (the last one when it is a list of strings, as on the web)."""

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,8 @@ from gevent.hub import get_hub
 from greenlet import getcurrent
 
 from brubeck import __version__
-from brubeck.errors import ConfigurationError
+from brubeck.context import RequestContext, trace_from
+from brubeck.errors import Cancelled, ConfigurationError
 from brubeck.throttle import LogThrottle
 from brubeck.transports.channel import Channel, Pump, set_heartbeats
 from brubeckservice import envelope
@@ -62,6 +63,7 @@ from brubeckservice.errors import (
     RequestExpired,
     build_error_body,
 )
+from brubeckservice.forwarding import Forwarding, Mongrel2Server
 from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import Passphrases, ReplayGuard, SeenMacs, Signer
@@ -131,7 +133,8 @@ class ServiceConnection:
                  max_queued: int = 1000, drain_grace: float = 30.0, heartbeat: float = 0.5,
                  bind: str | None = None, workers: Sequence[str] | None = None,
                  curve: CurveServer | None = None, max_connections: int | None = None,
-                 auth_timeout: float = DEFAULT_AUTH_TIMEOUT, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
+                 auth_timeout: float = DEFAULT_AUTH_TIMEOUT, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 mongrel2: Mapping[str, Mongrel2Server] | None = None) -> None:
         if capacity is not None and capacity < 1:
             raise ConfigurationError(f"capacity must be at least 1, got {capacity}")
         if max_queued < 0:
@@ -172,8 +175,8 @@ class ServiceConnection:
         self.socket = self._open(max_message_size)
         self.channel = Channel(self.socket, max_frames=envelope.FRAMES + envelope.MAX_ROUTING_FRAMES,
                                track_source=self.admission is not None)
-        self._ipc_inode = ipc_inode(self.service_addr)
-        self._next_ipc_inode = ipc_inode(curve.next_bind) if curve is not None and curve.next_bind else None
+        self._ipc_inodes = (ipc_inode(self.service_addr),
+                            ipc_inode(curve.next_bind) if curve is not None and curve.next_bind else None)
         self._closed = False
         self._stopped = Event()
         self._pump: Pump[ServiceRequest] | None = None
@@ -186,8 +189,12 @@ class ServiceConnection:
         self.backlogs = Backlogs(self.channel, self.stats, self._log, self.service_addr, self._progress.set)
         self._told: dict[Peer, Told] = {}  # the clients sent DRAIN
         self._unread: set[Peer] = set()  # told, and sent answers since their last DRAIN
-        self._drains_sent = 0
-        self._give_up = 0.0  # when the drain's grace period ends (monotonic)
+        self._drains_sent, self._give_up = 0, 0.0  # DRAINs sent; when the drain's grace ends (monotonic)
+        #: The requests accepted and not finished, by (caller, correlation id): what CANCEL finds.
+        self._serving: dict[tuple[Peer, bytes], RequestContext] = {}
+        #: The Mongrel2 servers this service answers browsers through, by name (`forward_to_service`).
+        self.forwarding = (Forwarding(mongrel2, self.context, self._reply_to_caller, self.stats, self._log)
+                           if mongrel2 else None)
 
     def __repr__(self) -> str:
         return f"ServiceConnection({self.service_addr!r})"
@@ -288,6 +295,8 @@ class ServiceConnection:
         if self._capacity is None:
             pool_size = application.pool.size if application.pool is not None else None
             self.capacity = pool_size if pool_size else DEFAULT_CAPACITY
+        if self.forwarding is not None:
+            self.forwarding.start()
         self._pump = Pump(self.channel, self.accept, lambda request: self.answer(application, request),
                           self.capacity, log, max_queued=self.max_queued)
         self._stopped.wait()
@@ -324,6 +333,9 @@ class ServiceConnection:
             return self._open_request(routing, env)
         if env.kind == envelope.PING:
             self._pong(routing, env)
+            return None
+        if env.kind == envelope.CANCEL:
+            self._cancel(routing, env)
             return None
         self.stats["malformed"] += 1
         self._refused()
@@ -364,6 +376,18 @@ class ServiceConnection:
             self._send(routing, envelope.build_reply(self.signer, env.msg_id, bad, now))
             return None
         request.sender = self._signed(routing)
+        if request.reply_to:
+            refusal = "this service answers no browser" if self.forwarding is None else self.forwarding.refusal(request)
+            if refusal is not None:
+                self.stats["forward_refused"] += 1
+                self._log.log(logging.WARNING, "forward refused", "refused forwarded request %r on %s, answered "
+                              "REP 400: %s", env.msg_id, self.service_addr, refusal)
+                bad = ServiceResponse(status_code=400, status_msg="Bad Request", path=request.path,
+                                      body=build_error_body("ForwardRefused", refusal))
+                self._send(routing, envelope.build_reply(self.signer, env.msg_id, bad, now))
+                return None
+        self._serving[(request.sender, env.msg_id)] = RequestContext(
+            trace_from(request.traceparent, request.tracestate), request.deadline)
         return request
 
     def _signed(self, routing: list[bytes]) -> Peer:
@@ -419,12 +443,43 @@ class ServiceConnection:
             self._acknowledged(tuple(routing), body["drain_ack"])
         self._send(routing, envelope.build_pong(self.signer, env.msg_id, now, self.describe()))
 
+    def _cancel(self, routing: list[bytes], env: envelope.Envelope) -> None:
+        """A caller gave up on a request of its own: stop its handler, or drop it if it has not started."""
+        now = now_ms()
+        try:
+            header, body = envelope.parse_control(env, self.signer, now, self.window_ms)
+        except (AuthenticationError, ProtocolError) as err:
+            self.stats["forged"] += 1
+            self._refused()
+            self._log.log(logging.WARNING, "forged cancel", "refused CANCEL on %s, answered ERR 401: %s",
+                          self.service_addr, err)
+            self._send(routing, envelope.build_error(env.msg_id, 401, str(err), now))
+            return
+        if self.pings.check(env.mac, header.ts, now) is not None:
+            self.stats["replayed"] += 1  # (a recorded CANCEL: its call is long gone, or cancelled already)
+            self._refused()
+            return
+        peer = self._signed(routing)
+        ctx = self._serving.get((peer, env.msg_id))  # only the caller's own connection can cancel its call
+        if ctx is None:
+            self.stats["cancel_unknown"] += 1  # answered already, or its CANCEL overtook nothing: fine
+            return
+        reason = body.get("reason") if isinstance(body, dict) else None
+        why = f"its caller cancelled it ({reason})" if isinstance(reason, str) and reason else "its caller cancelled it"
+        self.stats["cancelled"] += 1
+        if ctx.active:
+            ctx.cancel(why[:200])
+        elif not ctx.cancelled:
+            ctx.cancelled = why[:200]  # still queued: skipped when its turn comes
+        log.info("cancelling request %r on %s: %s (trace %s)", env.msg_id, self.service_addr, why[:200],
+                 ctx.trace_id)
+
     def describe(self) -> dict[str, Any]:
         """What PONG says of this worker (docs/protocol.md §4)."""
         info: dict[str, Any] = {
             "inflight": self.inflight, "queued": self.queued, "capacity": self.capacity, "draining": self.draining,
             "served": self.stats["served"], "uptime": round(time.monotonic() - self._started, 3),
-            "version": __version__,
+            "version": __version__, "accepts": list(envelope.ACCEPTED),
         }
         if self.workers:
             info["workers"] = self.workers
@@ -461,23 +516,57 @@ class ServiceConnection:
     # -- serving ------------------------------------------------------------------------------------
 
     def answer(self, application: Application, request: ServiceRequest) -> None:
-        """Run the app's handler for one request and send its reply (if it returned one)."""
+        """Run the app's handler for one request in the request's context (brubeck.context: its deadline,
+        trace and cancellation) and send its reply (if it returned one). A request cancelled, or past its
+        deadline, before its turn is not started and not answered; one cancelled while running is stopped
+        where it waits and not answered."""
+        key = (request.sender, request.msg_id)
+        ctx = self._serving.get(key) or RequestContext(trace_from(request.traceparent, request.tracestate),
+                                                       request.deadline)
+        try:
+            if ctx.cancelled:
+                log.info("dropped request %r (%s %s) before it started: %s (trace %s)", request.msg_id,
+                         request.method, request.path, ctx.cancelled, ctx.trace_id)
+                return
+            if request.deadline is not None and request.deadline < now_ms():
+                self.stats["expired"] += 1  # it waited here for a free slot past its caller's deadline
+                self._log.log(logging.INFO, "expired", "skipped request %r (%s %s), not answered: its caller's "
+                              "deadline passed while it waited for a free slot (trace %s)", request.msg_id,
+                              request.method, request.path, ctx.trace_id)
+                return
+            self._run(application, request, ctx)
+        finally:
+            if self._serving.get(key) is ctx:
+                del self._serving[key]
+
+    def _run(self, application: Application, request: ServiceRequest, ctx: RequestContext) -> None:
         self.inflight += 1
         try:
-            response = application.handle(request)
+            with ctx.entered():
+                response = application.handle(request)
             self.stats["served"] += 1
             if response is not None:
                 self.reply(request, response)
+        except Cancelled as stopped:
+            log.info("stopped request %r (%s %s), not answered: %s (trace %s)", request.msg_id, request.method,
+                     request.path, stopped, ctx.trace_id)
         except Exception:  # handle() answers handler errors itself; this is a bug in the transport
             self.stats["errors"] += 1
-            log.exception("failed to serve %s %s", request.method, request.path)
+            log.exception("failed to serve %s %s (trace %s)", request.method, request.path, ctx.trace_id)
         finally:
             self.inflight -= 1
             if self.draining:
                 self._progress.set()
 
     def reply(self, message: Any, response: Any) -> None:
-        """Send `response` to the caller of `message` (a handler may call this later itself)."""
+        """Send `response` to the caller of `message` (a handler may call this later itself); for a
+        forwarded request, to the browser through Mongrel2 (and a short REP to the caller)."""
+        if getattr(message, "reply_to", "") and self.forwarding is not None:
+            self.forwarding.answer(message, response)
+            return
+        self._reply_to_caller(message, response)
+
+    def _reply_to_caller(self, message: Any, response: Any) -> None:
         if not isinstance(response, ServiceResponse):
             log.error("handler for %s returned %.60r, not a ServiceResponse (use self.render())",
                       message.path, response)
@@ -621,6 +710,7 @@ class ServiceConnection:
         if self._closed:
             return
         self._closed = True
+        self._serving.clear()
         self._progress.set()  # a drain in progress returns
         self._stopped.set()
         self._log.close()
@@ -632,9 +722,11 @@ class ServiceConnection:
         # Answers already sent (the last ones of a drain) get a second to leave; linger 0 would drop them.
         self.channel.close(linger=1000)
         self._close_curve()
-        remove_ipc(self.service_addr, self._ipc_inode)
+        if self.forwarding is not None:
+            self.forwarding.close()
+        remove_ipc(self.service_addr, self._ipc_inodes[0])
         if self.curve is not None and self.curve.next_bind is not None:
-            remove_ipc(self.curve.next_bind, self._next_ipc_inode)
+            remove_ipc(self.curve.next_bind, self._ipc_inodes[1])
         if self._own_context:
             self.context.term()
 

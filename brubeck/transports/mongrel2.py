@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 import zmq
 from gevent.event import Event
 
-from brubeck.errors import ProtocolError
+from brubeck.context import RequestContext, web_context
+from brubeck.errors import Cancelled, ProtocolError
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
 from brubeck.throttle import LogThrottle
 from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes
 from brubeck.transports.channel import Channel, Pump, serve_with_workers
 from brubeck.wire.http import head_only
-from brubeck.wire.mongrel2 import MAX_REPLY_TARGETS, build_reply
+from brubeck.wire.mongrel2 import MAX_REPLY_TARGETS, build_reply, header
 
 if TYPE_CHECKING:
     from brubeck.types import Application
@@ -51,6 +52,8 @@ class Mongrel2Connection(WebConnection):
         self._closed = False
         self._stopped = Event()
         self._pump: Pump[Request] | None = None
+        #: The requests being served, by (sender, connection id): a disconnect notice cancels them.
+        self._serving: dict[tuple[str, str], RequestContext] = {}
 
     def __repr__(self) -> str:
         return f"Mongrel2Connection({self.pull_addr!r}, {self.pub_addr!r})"
@@ -75,6 +78,7 @@ class Mongrel2Connection(WebConnection):
             self._reject(raw, 400)
             return None
         if request.is_disconnect():
+            self._disconnected(request)
             return None
         if request.is_upload_start():
             log.debug("upload started for %r; waiting for upload-done", request)
@@ -86,13 +90,32 @@ class Mongrel2Connection(WebConnection):
         return request
 
     def answer(self, application: Application, request: Request) -> None:
-        """Run the request's handler and send its reply, if it returned one. Never raises."""
+        """Run the request's handler in the request's context (brubeck.context: its trace and deadline) and
+        send its reply, if it returned one. Never raises; a request whose browser went away meanwhile is
+        cancelled (its sync service calls too) and answered nothing."""
+        ctx = web_context(request.headers, application.settings, header)
+        key = (request.sender, request.conn_id)
+        self._serving[key] = ctx
         try:
-            response = application.handle(request)
+            with ctx.entered():
+                response = application.handle(request)
             if response is not None:
                 self.reply(request, response)
+        except Cancelled as stopped:
+            log.info("stopped %s %s for connection %s: %s (trace %s)", request.method, request.path,
+                     request.conn_id, stopped, ctx.trace_id)
         except Exception:
             log.exception("failed to answer %r", request)
+        finally:
+            if self._serving.get(key) is ctx:
+                del self._serving[key]
+
+    def _disconnected(self, notice: Request) -> None:
+        """Mongrel2 says a browser is gone: cancel what is being served for it."""
+        ctx = self._serving.get((notice.sender, notice.conn_id))
+        if ctx is not None and ctx.cancel("the browser disconnected"):
+            log.info("connection %s closed by the browser: cancelling its request (trace %s)", notice.conn_id,
+                     ctx.trace_id)
 
     def _reject(self, raw: bytes, status_code: int) -> None:
         parts = raw.split(b" ", 2)

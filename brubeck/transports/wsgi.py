@@ -22,11 +22,13 @@ from gevent import Timeout
 from gevent.event import AsyncResult
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+from brubeck.context import web_context
+from brubeck.errors import Cancelled
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
 from brubeck.throttle import LogThrottle
 from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes
-from brubeck.wire.mongrel2 import HeaderValue, build_request_headers
+from brubeck.wire.mongrel2 import HeaderValue, build_request_headers, header
 
 if TYPE_CHECKING:
     from brubeck.types import Application
@@ -156,10 +158,15 @@ class WSGIConnection(WebConnection):
             return self._respond(app.base_handler(app, dummy).render_error(request), start_response)
         slot: AsyncResult = AsyncResult()
         self._pending[request.conn_id] = slot
+        ctx = web_context(request.headers, app.settings, header)
         try:
-            response = app.handle(request)
+            with ctx.entered():  # (brubeck.context: the request's trace and deadline)
+                response = app.handle(request)
             if response is None:
                 response = slot.get(timeout=self.reply_timeout)
+        except Cancelled as stopped:  # (by the handler itself: gevent's server tells no disconnect)
+            log.info("stopped %s %s: %s (trace %s)", request.method, request.path, stopped, ctx.trace_id)
+            response = app.base_handler(app, request).render_error(503)
         except Timeout:
             log.warning("no reply for %r within %.1fs", request, self.reply_timeout)
             response = app.base_handler(app, request).render_error(504)

@@ -228,9 +228,9 @@ def test_a_malformed_shape_is_a_protocol_error(frames: list[bytes], message: str
     assert str(refused.value) == message
 
 
-def test_drain_is_a_kind_of_version_1() -> None:
+def test_drain_and_cancel_are_kinds_of_version_1() -> None:
     assert DRAIN == b"DRAIN"
-    assert set(KINDS) == {b"REQ", b"REP", b"PING", b"PONG", b"DRAIN", b"ERR"}
+    assert set(KINDS) == {b"REQ", b"REP", b"PING", b"PONG", b"DRAIN", b"CANCEL", b"ERR"}
     assert parse_envelope(GOLDEN_BY_NAME["drain"].frames).kind == DRAIN
 
 

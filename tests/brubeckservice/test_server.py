@@ -542,7 +542,8 @@ def test_pong_reports_the_workers_load_capacity_and_version(worker_of: Callable[
     assert info["uptime"] >= 0
     del info["uptime"]
     assert info == {"inflight": 0, "queued": 0, "capacity": 3, "draining": False, "served": 0,
-                    "version": brubeck.__version__, "stats": {}}  # no `workers`: none were named
+                    "version": brubeck.__version__, "accepts": ["REQ", "PING", "CANCEL"],
+                    "stats": {}}  # no `workers`: none were named
     raw.request("one")
     assert worker.board.next_arrival() == "one"
     assert raw.pong()["inflight"] == 1
