@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_HEX = frozenset("0123456789abcdef")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
 _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 #: Longest `tracestate` carried (characters) and most members (§3.3.1.5).
@@ -86,6 +85,3 @@ def valid_tracestate(tracestate: str) -> str:
     return ",".join(members)
 
 
-def is_hex_id(value: str, length: int) -> bool:
-    """Whether `value` is `length` lower-case hex digits (a trace id: 32, a span id: 16)."""
-    return len(value) == length and _HEX.issuperset(value)
