@@ -26,6 +26,7 @@ from brubeckservice.envelope import (
     REQ,
     ControlHeader,
     Envelope,
+    build_cancel,
     build_drain,
     build_error,
     build_ping,
@@ -163,6 +164,33 @@ GOLDEN = [
          bytes.fromhex("3a5b382e14b814c8a98f91bf0e7a2877b1e41915fde1ee0b876dd56d075f9948")],
         (ControlHeader(ts=TS + 7), {"grace": 30.0, "inflight": 2}),
         now=TS + 7,
+    ),
+    Golden(  # docs/protocol.md §9 (revision 1.4): a call made while serving a traced web request, to be
+        # answered to the browser through the service's Mongrel2 server "main"
+        "request_traced_forwarded",
+        lambda: build_request(SIGNER, b"c0ffee00-6", ServiceRequest(
+            path="/report", conn_id="17", deadline=TS + 2000, reply_to="main",
+            traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            tracestate="rojo=00f067aa0ba902b7"), TS, SID, 3),
+        [b"BRS1", b"REQ", b"c0ffee00-6",
+         b'{"ts":1700000000000,"sid":"0123456789abcdef","seq":3,"path":"/report","conn_id":"17",'
+         b'"deadline":1700000002000,"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",'
+         b'"tracestate":"rojo=00f067aa0ba902b7","reply_to":"main"}',
+         b"{}",
+         bytes.fromhex("24c097cdf2dad4dfaae80d35401322d3f4a6f57ff22995da29a392524401ddd4")],
+        ServiceRequest(path="/report", conn_id="17", timestamp=TS, deadline=TS + 2000, body=b"{}",
+                       msg_id=b"c0ffee00-6", reply_to="main",
+                       traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                       tracestate="rojo=00f067aa0ba902b7"),
+        notes={"session": SID, "seq": 3},
+    ),
+    Golden(  # docs/protocol.md §9: its caller gave up on it 0.9 s later
+        "cancel",
+        lambda: build_cancel(SIGNER, b"c0ffee00-6", TS + 900, "timed out"),
+        [b"BRS1", b"CANCEL", b"c0ffee00-6", b'{"ts":1700000000900}', b'{"reason":"timed out"}',
+         bytes.fromhex("c09cf725d3d80cebbdb91269407a2fe825efde89b95db9b4677b48f47374461a")],
+        (ControlHeader(ts=TS + 900), {"reason": "timed out"}),
+        now=TS + 900,
     ),
 ]
 GOLDEN_BY_NAME = {golden.name: golden for golden in GOLDEN}
