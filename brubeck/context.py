@@ -81,6 +81,13 @@ class RequestContext:
         left = self.remaining()
         return timeout if left is None or left >= timeout else left
 
+    def narrow(self, seconds: float) -> None:
+        """Give everything this request still calls at most `seconds` from now (a deadline only moves
+        earlier): e.g. a web handler's own budget for its service calls."""
+        deadline = _now_ms() + int(seconds * 1000)
+        if self.deadline is None or deadline < self.deadline:
+            self.deadline = deadline
+
     @contextmanager
     def entered(self) -> Iterator[RequestContext]:
         """Make this the current context of the calling greenlet while the block runs."""

@@ -36,10 +36,13 @@ from gevent.event import Event
 from gevent.hub import Waiter, get_hub
 from greenlet import getcurrent, greenlet
 
+from brubeck import otel
 from brubeck.context import current as current_context
 from brubeck.context import new_trace
+from brubeck.errors import Cancelled
 from brubeck.throttle import LogThrottle
 from brubeck.transports.channel import Workers
+from brubeck.wire.tracecontext import TraceContext
 from brubeckservice import envelope
 from brubeckservice.addresses import endpoints
 from brubeckservice.clock import now_ms
@@ -105,6 +108,8 @@ class ServiceClient:
                  resolver: Resolver | None = None, resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
                  max_reply_size: int | None = None, curve: CurveClient | None = None) -> None:
         self.addresses = endpoints(service_addr)
+        #: The service as it was given (its addresses, comma-separated): names it in spans and logs.
+        self.service = ",".join(self.addresses)
         self.service_response_addr = service_response_addr
         self.signer = Signer(passphrase)
         self.timeout = timeout
@@ -190,8 +195,14 @@ class ServiceClient:
         raised: see `ServiceResponse.raise_for_status()`.
         """
         limit = self._limit(request, timeout)
-        call = Call(request.path, build=self._builder(request, limit), idempotent=idempotent)
-        response: ServiceResponse = self._wait(call, limit)
+        ctx = current_context()
+        with otel.service_call(None if ctx is None else ctx.trace, self.service, request.path,
+                               request.method) as span:
+            call = Call(request.path, build=self._builder(request, limit, None if span is None else span.trace),
+                        idempotent=idempotent)
+            response: ServiceResponse = self._wait(call, limit)
+            if span is not None:
+                span.set_status_code(response.status_code)
         return response
 
     def send(self, path: str, method: str = "request", arguments: dict[str, Any] | None = None, *,
@@ -217,9 +228,20 @@ class ServiceClient:
                      idempotent: bool = False) -> bytes:
         """`send` for a ready-made `ServiceRequest`."""
         limit = self._limit(request, timeout)
-        call = Call(request.path, on_reply=on_reply or self.on_reply, on_error=on_error,
-                    build=self._builder(request, limit), idempotent=idempotent)
-        return self._submit(call, limit)
+        on_reply = on_reply or self.on_reply
+        ctx = current_context()
+        span = otel.start_service_call(None if ctx is None else ctx.trace, self.service, request.path,
+                                       request.method)
+        if span is not None:  # (ended by the reply or the failure, in whichever greenlet runs it)
+            on_reply, on_error = self._ending(span, on_reply, on_error)
+        call = Call(request.path, on_reply=on_reply, on_error=on_error,
+                    build=self._builder(request, limit, None if span is None else span.trace), idempotent=idempotent)
+        try:
+            return self._submit(call, limit)
+        except BaseException as refused:
+            if span is not None:
+                span.end(refused)
+            raise
 
     def ping(self, timeout: float | None = None) -> dict[str, Any]:
         """Ask one alive worker how it is (its PONG: in flight, queued, capacity, counters...), waiting at
@@ -245,13 +267,33 @@ class ServiceClient:
                                      f"(trace {ctx.trace_id})")
         return limit
 
-    def _builder(self, request: ServiceRequest, timeout: float) -> Build:
+    def _ending(self, span: otel.Span, on_reply: ReplyCallback | None,
+                on_error: ErrorCallback | None) -> tuple[ReplyCallback, ErrorCallback]:
+        """Callbacks that end the span of a call sent without waiting, then do what was asked."""
+        def replied(response: ServiceResponse) -> Any:
+            span.set_status_code(response.status_code)
+            span.end()
+            return on_reply(response) if on_reply is not None else None
+
+        def failed(error: BaseException) -> Any:
+            span.end(error)
+            if on_error is not None:
+                return on_error(error)
+            self._log.log(logging.WARNING, "failed", "call failed: %s", error)
+            return None
+
+        return replied, failed
+
+    def _builder(self, request: ServiceRequest, timeout: float, span: TraceContext | None = None) -> Build:
         # The caller's request is left as it is (reusable); a retry gets a deadline of its own. The call
-        # carries the trace of the request being served on, in a span of its own (else a new trace).
+        # carries the trace of the request being served on, in a span of its own (`span`, the call's span
+        # when tracing is on; else a new span id of that trace, or a new trace).
         deadline = request.deadline if request.deadline is not None else now_ms() + int(timeout * 1000)
-        trace = None
-        if not request.traceparent:
-            ctx = current_context()
+        ctx = current_context()
+        if request.deadline is None and ctx is not None and ctx.deadline is not None:
+            deadline = min(deadline, ctx.deadline)  # (never a millisecond later than the request it serves)
+        trace = None if span is None or request.traceparent else (span.traceparent, span.state)
+        if trace is None and not request.traceparent:
             span = new_trace() if ctx is None else ctx.trace.child(os.urandom(8))
             trace = (span.traceparent, span.state)
 
@@ -279,14 +321,18 @@ class ServiceClient:
         call.waiter = waiter
         # No timer of its own: the reaper fails the waiter with ServiceTimeout when the call expires.
         msg_id = self._submit(call, timeout)
+        reason = "the caller stopped waiting"
         try:
             return waiter.get()
+        except Cancelled as stopped:  # the request this call serves was cancelled: say why, one hop on
+            reason = str(stopped) or reason
+            raise
         finally:
             worker = call.worker
             if self.calls.pop(msg_id) is not None and worker is not None:
                 # Still in flight, and its caller stops waiting (killed, cancelled, a gevent.Timeout): the
                 # worker is told, so that it stops the work.
-                self._cancel_remote(msg_id, worker, "the caller stopped waiting")
+                self._cancel_remote(msg_id, worker, reason)
 
     def _submit(self, call: Call, timeout: float) -> bytes:
         """Register `call` and queue its message to a worker now, or queue it here for one with room, or

@@ -33,11 +33,12 @@ from gevent.event import Event
 from gevent.hub import get_hub
 from greenlet import getcurrent
 
-from brubeck import __version__
+from brubeck import __version__, otel
 from brubeck.context import RequestContext, trace_from
 from brubeck.errors import Cancelled, ConfigurationError
 from brubeck.throttle import LogThrottle
 from brubeck.transports.channel import Channel, Pump, set_heartbeats
+from brubeck.wire.tracecontext import parse_traceparent
 from brubeckservice import envelope
 from brubeckservice.addresses import (
     BIND_ENV,
@@ -530,8 +531,8 @@ class ServiceConnection:
                 return
             if request.deadline is not None and request.deadline < now_ms():
                 self.stats["expired"] += 1  # it waited here for a free slot past its caller's deadline
-                self._log.log(logging.INFO, "expired", "skipped request %r (%s %s), not answered: its caller's "
-                              "deadline passed while it waited for a free slot (trace %s)", request.msg_id,
+                self._log.log(logging.INFO, "expired in queue", "skipped request %r (%s %s), not answered: its "
+                              "caller's deadline passed while it waited for a free slot (trace %s)", request.msg_id,
                               request.method, request.path, ctx.trace_id)
                 return
             self._run(application, request, ctx)
@@ -541,9 +542,15 @@ class ServiceConnection:
 
     def _run(self, application: Application, request: ServiceRequest, ctx: RequestContext) -> None:
         self.inflight += 1
+        received = parse_traceparent(request.traceparent, request.tracestate) if otel.enabled() else None
         try:
-            with ctx.entered():
+            with ctx.entered(), otel.service_request(received, self.service_addr, request.path,
+                                                     request.method) as span:
+                if span is not None:
+                    ctx.trace = span.trace  # what the calls it makes carry on
                 response = application.handle(request)
+                if span is not None and isinstance(response, ServiceResponse):
+                    span.set_status_code(response.status_code)
             self.stats["served"] += 1
             if response is not None:
                 self.reply(request, response)

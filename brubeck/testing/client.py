@@ -27,7 +27,7 @@ from brubeck.context import web_context
 from brubeck.errors import BrubeckError
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
-from brubeck.transports.base import http_bytes
+from brubeck.transports.base import http_bytes, serve_web
 from brubeck.types import Application
 from brubeck.wire.mongrel2 import HeaderValue, build_request_headers, header
 
@@ -109,8 +109,7 @@ class TestClient:
         if too_large is not None and too_large(len(request.body)):
             returned: object = self.app.base_handler(self.app, request).render_error(413)
         else:
-            with web_context(request.headers, self.app.settings, header).entered():  # as the transports do
-                returned = self.app.handle(request)
+            returned = serve_web(self.app, request, web_context(request.headers, self.app.settings, header))
         if returned is None:
             raise NoResponse(f"{request.method} {request.path}: the handler returned None, to answer later "
                              "through msg_conn.reply(); test that through a real transport")

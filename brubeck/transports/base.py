@@ -1,13 +1,18 @@
-"""What every web transport shares: the handler that answers unrouted requests, and the body limit."""
+"""What every web transport shares: the handler that answers unrouted requests, the body limit, and running
+a request's handler in its context (brubeck.context) and, with the `otel` extra, its span."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from brubeck import otel
+from brubeck.context import RequestContext
 from brubeck.handlers import WebMessageHandler
 from brubeck.response import HTTPResponse
 from brubeck.types import Application
+from brubeck.wire.mongrel2 import header
+from brubeck.wire.tracecontext import parse_traceparent
 
 log = logging.getLogger("brubeck.transports")
 
@@ -24,6 +29,31 @@ def http_bytes(response: Any) -> bytes:
         return response.encode("utf-8")
     log.error("handler returned %.80r, not an HTTP response (bytes or str); answering 500", response)
     return HTTPResponse("500 Internal Server Error\n", 500, None, [("Content-Type", "text/plain; charset=utf-8")])
+
+
+def serve_web(application: Application, request: Any, ctx: RequestContext) -> Any:
+    """Run the app's handler for a web request with `ctx` current and, when tracing is on (brubeck.otel),
+    inside a SERVER span whose parent is the `traceparent` the request came with; returns the response."""
+    received = None
+    if otel.enabled():
+        headers = request.headers
+        received = parse_traceparent(header(headers, "traceparent"), header(headers, "tracestate"))
+    with ctx.entered(), otel.web_request(received, request.method, request.path,
+                                         client_address=request.remote_addr) as span:
+        if span is not None:
+            ctx.trace = span.trace  # what the calls it makes carry on
+        response = application.handle(request)
+        if span is not None and response is not None:
+            span.set_status_code(_status_of(response))
+    return response
+
+
+def _status_of(response: Any) -> int:
+    status = getattr(response, "status_code", None)  # an HTTPResponse says; other bytes are read
+    if isinstance(status, int):
+        return status
+    head = response[9:12] if isinstance(response, bytes) else b""
+    return int(head) if head.isdigit() else 500
 
 
 class WebConnection:

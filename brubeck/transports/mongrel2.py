@@ -19,7 +19,7 @@ from brubeck.errors import Cancelled, ProtocolError
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
 from brubeck.throttle import LogThrottle
-from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes
+from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes, serve_web
 from brubeck.transports.channel import Channel, Pump, serve_with_workers
 from brubeck.wire.http import head_only
 from brubeck.wire.mongrel2 import MAX_REPLY_TARGETS, build_reply, header
@@ -97,8 +97,7 @@ class Mongrel2Connection(WebConnection):
         key = (request.sender, request.conn_id)
         self._serving[key] = ctx
         try:
-            with ctx.entered():
-                response = application.handle(request)
+            response = serve_web(application, request, ctx)
             if response is not None:
                 self.reply(request, response)
         except Cancelled as stopped:

@@ -27,7 +27,7 @@ from brubeck.errors import Cancelled
 from brubeck.request import Request
 from brubeck.response import HTTPResponse
 from brubeck.throttle import LogThrottle
-from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes
+from brubeck.transports.base import DEFAULT_MAX_BODY_SIZE, WebConnection, http_bytes, serve_web
 from brubeck.wire.mongrel2 import HeaderValue, build_request_headers, header
 
 if TYPE_CHECKING:
@@ -160,8 +160,7 @@ class WSGIConnection(WebConnection):
         self._pending[request.conn_id] = slot
         ctx = web_context(request.headers, app.settings, header)
         try:
-            with ctx.entered():  # (brubeck.context: the request's trace and deadline)
-                response = app.handle(request)
+            response = serve_web(app, request, ctx)  # (brubeck.context: the request's trace and deadline)
             if response is None:
                 response = slot.get(timeout=self.reply_timeout)
         except Cancelled as stopped:  # (by the handler itself: gevent's server tells no disconnect)

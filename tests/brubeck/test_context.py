@@ -42,6 +42,17 @@ def test_remaining_and_limit_follow_the_deadline() -> None:
     assert RequestContext(new_trace(), deadline=now_ms() - 5000).remaining() == 0.0
 
 
+def test_narrow_only_moves_the_deadline_earlier() -> None:
+    ctx = RequestContext(new_trace())
+    ctx.narrow(2.0)
+    first = ctx.deadline
+    assert first is not None and first <= now_ms() + 2000
+    ctx.narrow(60.0)
+    assert ctx.deadline == first
+    ctx.narrow(0.5)
+    assert ctx.deadline is not None and ctx.deadline < first
+
+
 def test_a_context_is_current_only_inside_its_block_and_its_greenlet() -> None:
     ctx = RequestContext(new_trace(), deadline=now_ms() + 1000)
     assert current() is None and remaining() is None

@@ -270,8 +270,9 @@ def test_a_downstream_call_stops_when_its_callers_caller_gives_up(chain: tuple[S
     waiting = gevent.spawn(a.client.call, "/relay", arguments={"path": "/hold"}, timeout=30)
     board.started.get(timeout=WAIT)  # B's handler started, on A's behalf
     waiting.kill(block=True, timeout=WAIT)
-    # A's handler was cancelled where it waited (its call to B), which told B in turn.
-    assert board.ended.get(timeout=WAIT) == "cancelled: its caller cancelled it (the caller stopped waiting)"
+    # A's handler was cancelled where it waited (its call to B), which told B in turn, and why.
+    assert board.ended.get(timeout=WAIT) == ("cancelled: its caller cancelled it (its caller cancelled it (the "
+                                             "caller stopped waiting))")
     wait_until(lambda: a.connection.inflight == 0 and b.connection.inflight == 0, "both slots to be free")
     assert a.connection.stats["cancelled"] == 1 and b.connection.stats["cancelled"] == 1
 
