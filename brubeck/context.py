@@ -10,15 +10,19 @@ service sent CANCEL), the transport calls `cancel(reason)`. The handler's greenl
 at the point where it waits (a service call, a sleep, I/O); a sync service call it was making sends
 CANCEL on, so the work stops at every hop. Code that must not be interrupted runs inside `shielded()`:
 a cancel that comes meanwhile is raised when the block ends. A handler busy on the CPU is cancelled at its
-next wait. Greenlets a handler spawns start with no context (gevent gives each greenlet its own): pass
-`current()` and enter it there when they should share the deadline.
+next wait. Greenlets a handler spawns start with no context (gevent gives each greenlet its own): enter
+`current().derived()` in one that should share the deadline and trace, and be cancelled with the request.
+
+Cost: a context is a small object and a contextvar set and reset per request; the trace is parsed from its
+header only when something asks for it (a log line, a call).
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
-import os
+import random
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,9 +32,11 @@ from gevent.hub import get_hub
 from greenlet import getcurrent, greenlet
 
 from brubeck.errors import Cancelled
-from brubeck.wire.tracecontext import TraceContext, parse_traceparent, start_trace
+from brubeck.wire.tracecontext import TraceContext, parse_traceparent
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("brubeck_request", default=None)
+#: A budget header's value: 1 to 12 decimal digits (milliseconds), nothing else.
+_BUDGET = re.compile(r"[0-9]{1,12}")
 
 
 def _now_ms() -> int:
@@ -38,33 +44,68 @@ def _now_ms() -> int:
 
 
 def new_trace() -> TraceContext:
-    """A new trace with random ids (not sampled: nothing here records spans)."""
-    return start_trace(os.urandom(16), os.urandom(8))
+    """A new trace with random ids (not sampled: nothing here records spans). W3C asks for random ids, not
+    secret ones: `random` is enough, and several times cheaper than os.urandom."""
+    return TraceContext(f"{random.getrandbits(128) or 1:032x}", f"{random.getrandbits(64) or 1:016x}")
 
 
 def trace_from(traceparent: str, tracestate: str = "") -> TraceContext:
-    """The caller's trace continued in a new span of ours, or a new trace when the header is missing or
-    invalid."""
-    parent = parse_traceparent(traceparent, tracestate) if traceparent else None
-    return new_trace() if parent is None else parent.child(os.urandom(8))
+    """The trace a `traceparent` names, as it came (without a recording tracer, no span of ours exists, so
+    the caller's span stays the parent of what we call: W3C's pass-through), or a new trace when the header
+    is missing or invalid."""
+    received = parse_traceparent(traceparent, tracestate) if traceparent else None
+    return new_trace() if received is None else received
 
 
 class RequestContext:
     """One request being served: `deadline` (ms since the epoch, or None), `trace`, and whether it was
-    cancelled (`cancelled`: the reason, or "")."""
+    cancelled (`cancelled`: the reason, or "").
 
-    __slots__ = ("_greenlet", "_shield", "active", "cancelled", "deadline", "trace")
+    It is current in one greenlet at a time (`with ctx.entered():`); for work a handler hands to another
+    greenlet, enter `ctx.derived()` there: the same deadline and trace, cancelled with this one."""
 
-    def __init__(self, trace: TraceContext, deadline: int | None = None) -> None:
-        self.trace = trace
+    __slots__ = (
+        "_children",
+        "_delivered",
+        "_greenlet",
+        "_parent",
+        "_shield",
+        "_token",
+        "_trace",
+        "_traceparent",
+        "_tracestate",
+        "active",
+        "cancelled",
+        "deadline",
+    )
+
+    def __init__(self, trace: TraceContext | None = None, deadline: int | None = None, *,
+                 traceparent: str = "", tracestate: str = "") -> None:
+        self._trace = trace  # (or read from `traceparent` when first asked for: most requests never are)
+        self._traceparent = traceparent
+        self._tracestate = tracestate
         self.deadline = deadline
         self.cancelled = ""
         self.active = False
         self._greenlet: greenlet | None = None
+        self._token: contextvars.Token[RequestContext | None] | None = None
         self._shield = 0
+        self._delivered = False  # Cancelled was raised in the handler: never a second time
+        self._children: list[RequestContext] = []
+        self._parent: RequestContext | None = None
 
     def __repr__(self) -> str:
         return f"<RequestContext trace={self.trace.trace_id} deadline={self.deadline}>"
+
+    @property
+    def trace(self) -> TraceContext:
+        if self._trace is None:
+            self._trace = trace_from(self._traceparent, self._tracestate)
+        return self._trace
+
+    @trace.setter
+    def trace(self, trace: TraceContext) -> None:
+        self._trace = trace
 
     @property
     def trace_id(self) -> str:
@@ -88,43 +129,69 @@ class RequestContext:
         if self.deadline is None or deadline < self.deadline:
             self.deadline = deadline
 
-    @contextmanager
-    def entered(self) -> Iterator[RequestContext]:
-        """Make this the current context of the calling greenlet while the block runs."""
-        token = _current.set(self)
+    def derived(self) -> RequestContext:
+        """A context for another greenlet working on this request: the same trace and deadline, cancelled
+        when this one is. Enter it in that greenlet (`with ctx.derived().entered():`)."""
+        child = RequestContext(self.trace, self.deadline)
+        child._parent = self
+        child.cancelled = self.cancelled
+        self._children.append(child)
+        return child
+
+    def entered(self) -> RequestContext:
+        """Use as `with ctx.entered():` to make this the calling greenlet's current context for the block."""
+        return self
+
+    def __enter__(self) -> RequestContext:
+        if self.active:
+            raise RuntimeError("a RequestContext is current in one greenlet at a time: enter ctx.derived() in "
+                               "another")
+        self._token = _current.set(self)
         self._greenlet = getcurrent()
         self.active = True
-        try:
-            yield self
-        finally:
-            self.active = False
-            self._greenlet = None
-            _current.reset(token)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.active = False
+        self._greenlet = None
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+        parent = self._parent
+        if parent is not None and self in parent._children:
+            parent._children.remove(self)
 
     def cancel(self, reason: str) -> bool:
-        """Stop the request's handler: `Cancelled(reason)` is raised in its greenlet where it waits (at the
-        end of a `shielded()` block when inside one). False when it is not being served (finished, or
-        cancelled already)."""
+        """Stop the request's handler: `Cancelled(reason)` is raised once in its greenlet where it waits
+        (at the end of a `shielded()` block when inside one), and in the greenlets of its `derived()`
+        contexts. False when it is not being served (finished, or cancelled already)."""
         if not self.active or self.cancelled:
             return False
         self.cancelled = reason
+        for child in list(self._children):
+            child.cancel(reason)
         if self._shield:
             return True
         if getcurrent() is self._greenlet:
-            raise Cancelled(reason)
+            self._raise()
         get_hub().loop.run_callback(self._throw)
         return True
 
+    def _raise(self) -> None:
+        self._delivered = True
+        raise Cancelled(self.cancelled)
+
     def _throw(self) -> None:
-        # Run by the hub: the handler's greenlet is waiting somewhere, or finished meanwhile (then nothing).
+        # Run by the hub: the handler's greenlet waits somewhere, or it finished (or was told) meanwhile.
         target = self._greenlet
-        if self.active and not self._shield and target is not None and not target.dead:
+        if self.active and not self._shield and not self._delivered and target is not None and not target.dead:
+            self._delivered = True
             target.throw(Cancelled(self.cancelled))
 
     def _unshield(self) -> None:
         self._shield -= 1
-        if not self._shield and self.cancelled:
-            raise Cancelled(self.cancelled)
+        if not self._shield and self.cancelled and not self._delivered:
+            self._raise()
 
 
 def current() -> RequestContext | None:
@@ -151,7 +218,7 @@ def shielded() -> Iterator[None]:
         yield
     except BaseException:
         ctx._shield -= 1  # the block's own exception goes on; a pending cancel is raised at the next wait
-        if not ctx._shield and ctx.cancelled:
+        if not ctx._shield and ctx.cancelled and not ctx._delivered:
             get_hub().loop.run_callback(ctx._throw)
         raise
     ctx._unshield()
@@ -176,17 +243,22 @@ def trace_label() -> str:
 
 
 def web_context(headers: Any, settings: dict[str, Any], header: Any) -> RequestContext:
-    """The context of a web request: its trace from `traceparent`/`tracestate` (else a new one), and its
-    deadline from the app's `request_budget` setting (seconds) and, from a trusted front end, the header
-    the `budget_header` setting names (milliseconds left, as Envoy's `x-envoy-expected-rq-timeout-ms`),
-    whichever is less. `header(headers, name)` reads one header's value ("" when absent)."""
-    trace = trace_from(header(headers, "traceparent"), header(headers, "tracestate"))
+    """The context of a web request: its trace from `traceparent`/`tracestate` (else a new one, when first
+    asked for), and its deadline from the app's `request_budget` setting (seconds) and, from a trusted
+    front end, the header the `budget_header` setting names (milliseconds left, as Envoy's
+    `x-envoy-expected-rq-timeout-ms`), whichever is less. Only a positive budget counts: 0, a negative
+    setting or a header that is not 1 to 12 decimal digits means none from that source. The front end must
+    set (overwrite) that header on every request: a browser can send it too. `header(headers, name)` reads
+    one header's value ("" when absent)."""
     budget: float | None = settings.get("request_budget")
+    if budget is not None and budget <= 0:
+        budget = None
     name = settings.get("budget_header")
     if name:
         text = header(headers, name).strip()
-        if text.isdigit():
+        if _BUDGET.fullmatch(text) and int(text) > 0:
             given = int(text) / 1000
             budget = given if budget is None else min(budget, given)
     deadline = None if budget is None else _now_ms() + int(budget * 1000)
-    return RequestContext(trace, deadline)
+    return RequestContext(None, deadline, traceparent=header(headers, "traceparent"),
+                          tracestate=header(headers, "tracestate"))

@@ -292,9 +292,12 @@ class ServiceClient:
         ctx = current_context()
         if request.deadline is None and ctx is not None and ctx.deadline is not None:
             deadline = min(deadline, ctx.deadline)  # (never a millisecond later than the request it serves)
-        trace = None if span is None or request.traceparent else (span.traceparent, span.state)
-        if trace is None and not request.traceparent:
-            span = new_trace() if ctx is None else ctx.trace.child(os.urandom(8))
+        trace = None  # the request's own, when it has one
+        if not request.traceparent:
+            # Tracing on: the call's span. Off: nothing records spans here, so the trace goes on as it came
+            # (W3C: a participant that records nothing passes the parent on), or a new one starts.
+            if span is None:
+                span = new_trace() if ctx is None else ctx.trace
             trace = (span.traceparent, span.state)
 
         def build(msg_id: bytes) -> list[bytes]:
@@ -329,7 +332,7 @@ class ServiceClient:
             raise
         finally:
             worker = call.worker
-            if self.calls.pop(msg_id) is not None and worker is not None:
+            if self.calls.pop(msg_id) is not None and worker is not None and call.kind == _REQ:
                 # Still in flight, and its caller stops waiting (killed, cancelled, a gevent.Timeout): the
                 # worker is told, so that it stops the work.
                 self._cancel_remote(msg_id, worker, reason)
@@ -644,7 +647,8 @@ class ServiceClient:
                     else:
                         error = ServiceTimeout(f"no reply from {call.path} at {call.worker.address} in time; "
                                                "call forgotten")
-                        self._cancel_remote(msg_id, call.worker, "timed out")
+                        if call.kind == _REQ:
+                            self._cancel_remote(msg_id, call.worker, "timed out")
                     self._fail_call(call, error)
             except Exception:  # the reaper is what guarantees no call waits forever: it must not die
                 log.exception("failed to expire calls")
@@ -693,9 +697,10 @@ class ServiceClient:
             self._settle(limit)
         self._closed = True
         self._wake.set()
-        for msg_id, call in self.calls.drain():
-            if call.worker is not None:
+        for msg_id, call in list(self.calls):  # (drain() forgets where each call went)
+            if call.worker is not None and call.kind == _REQ:
                 self._cancel_remote(msg_id, call.worker, "the client closed")
+        for _, call in self.calls.drain():
             self._fail_call(call, ServiceUnavailable("the service client was closed"))
         self.pool.close()
         self._log.close()

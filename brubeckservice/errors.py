@@ -61,6 +61,15 @@ class ServiceCancelled(ServiceError):
     status_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class ForwardFailed(ServiceError):
+    """A forwarded answer could not be sent to the browser (`status_code` says why: 503 not connected to
+    Mongrel2 or its queue is full, 504 past the deadline). Raised by `Stream.write`."""
+
+    def __init__(self, message: str, status_code: int = HTTPStatus.SERVICE_UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
 class ResolutionError(ServiceUnavailable):
     """A DNS name in a service address could not be resolved (brubeckservice.discovery). `reason` says why:
     "NXDOMAIN" (no such name), "no answer" (no record of that type), "timeout" (no server answered in time)

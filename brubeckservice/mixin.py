@@ -3,7 +3,8 @@
 Clients are cached per application (`application.extensions["brubeckservice"]`), so `register_service` is
 idempotent and a connection is shared by all requests of one app, never by two apps. Each client is closed
 by the app's `close()` (which `run()` ends with), through its `on_close` hooks. Every reply, sync or not,
-is routed through the *client* app's own handlers by path and METHOD, exactly once.
+is routed through the *client* app's own handlers by path and METHOD, exactly once; but for
+`forward_to_service`, whose REP only says whether the service answered the browser itself.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
-from brubeck.types import Application
+from brubeck.errors import ConfigurationError
+from brubeck.response import HTTPResponse
+from brubeck.transports.mongrel2 import Mongrel2Connection
+from brubeck.types import Application, HandlerClass
+from brubeckservice.answers import CLOSE_HINT, METHOD_HINT, http_answer
 from brubeckservice.client import DEFAULT_TIMEOUT, ServiceClient
-from brubeckservice.errors import ServiceError
+from brubeckservice.errors import ServiceError, parse_error_body
 from brubeckservice.handlers import ServiceMessageHandler
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import Passphrases
@@ -36,9 +41,59 @@ def handle_reply(application: Application, response: ServiceResponse) -> Any:
     return application.handle(response, base_handler=ServiceMessageHandler)
 
 
+class Relay:
+    """Answers the browser of a forwarded request when the service did not (`forward_to_service`): the
+    call failed (ServiceTimeout 504, ServiceUnavailable 503, ...), or its REP says the browser was not
+    answered (a refusal, an error on the service), or it comes from a service that does not forward (its
+    answer is relayed). Run by the client's callback greenlets; never raises."""
+
+    def __init__(self, application: Application, message: Any, handler_class: HandlerClass) -> None:
+        self.application = application
+        self.message = message
+        self.handler_class = handler_class
+
+    def replied(self, response: ServiceResponse) -> None:
+        body = response.body
+        if response.ok and isinstance(body, dict) and body.get("forwarded") is True:
+            log.debug("service answered connection %s itself: %s", self.message.conn_id, body)
+            return
+        if response.ok:  # not forwarded (WSGI, or a service that does not forward): relay its answer
+            self._send(http_answer(response))
+            return
+        error = parse_error_body(body)
+        log.info("service did not answer connection %s: %d %s%s", self.message.conn_id, response.status_code,
+                 response.status_msg, f" ({error['type']}: {error['message']})" if error else "")
+        self._send(self._error_page(response.status_code))
+
+    def failed(self, error: BaseException) -> None:
+        status = int(getattr(error, "status_code", 502))
+        log.warning("forwarded call for connection %s failed, answering %d: %s", self.message.conn_id, status, error)
+        self._send(self._error_page(status))
+        # Closed, so that an answer the service still sends finds the connection gone (ids are not reused).
+        close = getattr(self.application.msg_conn, "close_connection", None)
+        if close is not None:
+            close(self.message)
+
+    def _error_page(self, status: int) -> Any:
+        """The error response this handler class renders, as brubeck answers errors (else plain text)."""
+        for make in (self.handler_class, self.application.base_handler):
+            try:
+                return make(self.application, self.message).render_error(status)
+            except Exception:
+                log.exception("rendering the %d page for %s failed", status, self.message.path)
+        return HTTPResponse(f"{status} Error\n", status, None, [("Content-Type", "text/plain; charset=utf-8")])
+
+    def _send(self, response: Any) -> None:
+        try:
+            self.application.msg_conn.reply(self.message, response)
+        except Exception:
+            log.exception("answering connection %s failed", self.message.conn_id)
+
+
 class ServiceClientMixin:
     """Mix into a web handler: `register_service`, `create_service_request`, `send_service_request`
-    (sync: waits for the reply, blocking only this request's greenlet) and `send_service_request_nowait`."""
+    (sync: waits for the reply, blocking only this request's greenlet), `send_service_request_nowait` and
+    `forward_to_service` (the service answers the browser itself, through Mongrel2)."""
 
     application: Application
     message: Any
@@ -105,3 +160,34 @@ class ServiceClientMixin:
         service is already known to be out of reach.
         """
         return self.service_client(service_addr).send_request(service_req, timeout)
+
+    def forward_to_service(self, service_addr: str, service_request: ServiceRequest, timeout: float | None = None,
+                           server: str | None = None) -> None:
+        """Hand this web request to a service whose handler answers the browser itself, through Mongrel2
+        (docs/forwarding.md); return what this returns, None, so that this handler sends nothing.
+
+        `server` names the Mongrel2 server the service answers through, one it is configured with (else
+        the app's `forward_server` setting). Never waits. When the service does not answer the browser, the
+        app does, with this handler class's `render_error`: 504 after `timeout` (else the client's) without
+        a REP, 503 when the service cannot be reached, or the status its REP gives (400 refused, ...), and
+        after a failed call the connection is closed. Behind a transport that is not Mongrel2 (WSGI) the
+        call is not forwarded: the service's answer comes back in its REP and this app relays it. Raises
+        ServiceUnavailable at once when the service is known to be out of reach, as
+        `send_service_request_nowait` does; ConfigurationError without a server name behind Mongrel2.
+        """
+        application, message = self.application, self.message
+        if not getattr(message, "conn_id", "") or not hasattr(message, "sender"):
+            raise ConfigurationError("forward_to_service answers a web request: call it from a web handler")
+        client = self.service_client(service_addr)
+        if isinstance(application.msg_conn, Mongrel2Connection):
+            name = server or application.settings.get("forward_server")
+            if not name:
+                raise ConfigurationError("forward_to_service needs the name of the Mongrel2 server the service "
+                                         "answers through: pass server=, or set the app's forward_server setting")
+            service_request.reply_to = str(name)
+            service_request.conn_id = str(message.conn_id)
+            service_request.headers[METHOD_HINT] = str(message.method)
+            if message.should_close():
+                service_request.headers[CLOSE_HINT] = "1"
+        relay = Relay(application, message, cast(HandlerClass, type(self)))  # (mixed into a handler)
+        client.send_request(service_request, timeout, on_reply=relay.replied, on_error=relay.failed)

@@ -54,6 +54,8 @@ from brubeckservice.signing import Signer
 
 log = logging.getLogger("brubeckservice.pool")
 
+#: Milliseconds a closing client's sockets keep trying to deliver what is queued (its last CANCELs).
+CLOSE_LINGER = 100
 #: Seconds between heartbeats (application PINGs, and ZMTP's own).
 DEFAULT_HEARTBEAT = 0.5
 #: Seconds between DNS lookups of the names among a client's addresses (CoreDNS's default TTL is 5 s).
@@ -547,14 +549,14 @@ class WorkerPool:
 
     # -- closing -----------------------------------------------------------------------------------
 
-    def _close_worker(self, worker: Worker) -> None:
+    def _close_worker(self, worker: Worker, linger: int = 0) -> None:
         if worker.socket is not None:
             with contextlib.suppress(zmq.ZMQError):
                 worker.socket.disable_monitor()
         if worker.monitor is not None:
             worker.monitor.close(linger=0)
         if worker.channel is not None:
-            worker.channel.close(linger=0)
+            worker.channel.close(linger=linger)
         worker.channel = worker.monitor = None
         worker.connected = False
 
@@ -565,4 +567,4 @@ class WorkerPool:
         self._resolve_now.set()
         gevent.killall(self._greenlets, block=False)
         for worker in self.workers:
-            self._close_worker(worker)
+            self._close_worker(worker, linger=CLOSE_LINGER)

@@ -26,6 +26,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -34,7 +35,7 @@ from gevent.hub import get_hub
 from greenlet import getcurrent
 
 from brubeck import __version__, otel
-from brubeck.context import RequestContext, trace_from
+from brubeck.context import RequestContext
 from brubeck.errors import Cancelled, ConfigurationError
 from brubeck.throttle import LogThrottle
 from brubeck.transports.channel import Channel, Pump, set_heartbeats
@@ -378,17 +379,28 @@ class ServiceConnection:
             return None
         request.sender = self._signed(routing)
         if request.reply_to:
-            refusal = "this service answers no browser" if self.forwarding is None else self.forwarding.refusal(request)
-            if refusal is not None:
+            refused = ((400, "this service answers no browser") if self.forwarding is None
+                       else self.forwarding.refuse(request))
+            if refused is not None:
+                status, refusal = refused
                 self.stats["forward_refused"] += 1
                 self._log.log(logging.WARNING, "forward refused", "refused forwarded request %r on %s, answered "
-                              "REP 400: %s", env.msg_id, self.service_addr, refusal)
-                bad = ServiceResponse(status_code=400, status_msg="Bad Request", path=request.path,
+                              "REP %d: %s", env.msg_id, self.service_addr, status, refusal)
+                bad = ServiceResponse(status_code=status, status_msg=HTTPStatus(status).phrase, path=request.path,
                                       body=build_error_body("ForwardRefused", refusal))
                 self._send(routing, envelope.build_reply(self.signer, env.msg_id, bad, now))
                 return None
-        self._serving[(request.sender, env.msg_id)] = RequestContext(
-            trace_from(request.traceparent, request.tracestate), request.deadline)
+        key = (request.sender, env.msg_id)
+        if key in self._serving:  # (a buggy client: a CANCEL could not tell the two apart)
+            self.stats["malformed"] += 1
+            self._log.log(logging.WARNING, "duplicate id", "refused request %r on %s, answered REP 400: its id is "
+                          "already in flight on that connection", env.msg_id, self.service_addr)
+            bad = ServiceResponse(status_code=400, status_msg="Bad Request", path=request.path, body=build_error_body(
+                "ProtocolError", "a request with this id is already in flight on this connection"))
+            self._send(routing, envelope.build_reply(self.signer, env.msg_id, bad, now))
+            return None
+        self._serving[key] = RequestContext(None, request.deadline, traceparent=request.traceparent,
+                                            tracestate=request.tracestate)
         return request
 
     def _signed(self, routing: list[bytes]) -> Peer:
@@ -448,7 +460,7 @@ class ServiceConnection:
         """A caller gave up on a request of its own: stop its handler, or drop it if it has not started."""
         now = now_ms()
         try:
-            header, body = envelope.parse_control(env, self.signer, now, self.window_ms)
+            _, body = envelope.parse_control(env, self.signer, now, self.window_ms)
         except (AuthenticationError, ProtocolError) as err:
             self.stats["forged"] += 1
             self._refused()
@@ -456,10 +468,8 @@ class ServiceConnection:
                           self.service_addr, err)
             self._send(routing, envelope.build_error(env.msg_id, 401, str(err), now))
             return
-        if self.pings.check(env.mac, header.ts, now) is not None:
-            self.stats["replayed"] += 1  # (a recorded CANCEL: its call is long gone, or cancelled already)
-            self._refused()
-            return
+        # No replay guard: a CANCEL acts only on a request in flight under its id on its own connection, so
+        # a recorded one finds nothing (and sharing the PINGs' guard would let a timeout storm crowd it).
         peer = self._signed(routing)
         ctx = self._serving.get((peer, env.msg_id))  # only the caller's own connection can cancel its call
         if ctx is None:
@@ -522,8 +532,8 @@ class ServiceConnection:
         deadline, before its turn is not started and not answered; one cancelled while running is stopped
         where it waits and not answered."""
         key = (request.sender, request.msg_id)
-        ctx = self._serving.get(key) or RequestContext(trace_from(request.traceparent, request.tracestate),
-                                                       request.deadline)
+        ctx = self._serving.get(key) or RequestContext(None, request.deadline, traceparent=request.traceparent,
+                                                       tracestate=request.tracestate)
         try:
             if ctx.cancelled:
                 log.info("dropped request %r (%s %s) before it started: %s (trace %s)", request.msg_id,
@@ -544,8 +554,8 @@ class ServiceConnection:
         self.inflight += 1
         received = parse_traceparent(request.traceparent, request.tracestate) if otel.enabled() else None
         try:
-            with ctx.entered(), otel.service_request(received, self.service_addr, request.path,
-                                                     request.method) as span:
+            with otel.service_request(received, self.service_addr, request.path, request.method) as span, \
+                    ctx.entered():  # (the span ends outside: a processor that waits is not cancelled)
                 if span is not None:
                     ctx.trace = span.trace  # what the calls it makes carry on
                 response = application.handle(request)

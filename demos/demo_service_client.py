@@ -6,10 +6,14 @@
                       service brought back and how long the round trip took
     /service/async    hands the call off and answers at once; the reply is handled later by
                       ServiceResponseHandler, which logs it and lists it on the index
+    /service/forwarded  hands the request to the service, which answers the browser itself through
+                      Mongrel2 (`forward_to_service`): this app sends nothing
+    /service/streamed   the same, the service sending its page in pieces as it goes (chunked)
 
 Behind Mongrel2 (demos/mongrel2.conf's handler) by default; `--wsgi` serves HTTP itself on port 6767 (or
 `--port`), for machines without Mongrel2. `--dir DIR` names the directory the relative ipc:// addresses of
-Mongrel2's handler and of the service resolve in (default demos/var/). `demos/run` starts everything, in a
+Mongrel2's handler and of the service resolve in (default demos/var/). `--forward-server NAME` is the name
+the service knows demos/mongrel2.conf's server by (default brubeck-demo). `demos/run` starts everything, in a
 directory of its own per port; see the README.
 
 Every page it answers is logged with the status it sent ("GET /no/such/page -> 404 Not Found"): Mongrel2's
@@ -195,6 +199,30 @@ class AsyncHandler(DemoPage):
         return self.render_template("success.html", mode="async", sent=sent, job=job)
 
 
+class ForwardedHandler(DemoPage):
+    """Hand the request to the service, which answers the browser itself (through Mongrel2): this handler
+    sends nothing. Should the service not answer (down, too slow, refusing), this app answers instead with
+    its error page: the browser is never left waiting."""
+
+    service_path = "/service/forwarded"
+
+    def get(self) -> HTTPResponse | None:
+        self.connect_service()
+        service_req = self.create_service_request(self.service_path, 'request', {"sent": clock()})
+        try:
+            self.forward_to_service(SERVICE_ADDR, service_req)
+        except ServiceError as err:  # known to be out of reach: said at once
+            return self.service_error(err)
+        log.info("GET %s -> handed to the service, which answers the browser itself", self.message.path)
+        return None
+
+
+class StreamedHandler(ForwardedHandler):
+    """The same, for a page the service sends in pieces."""
+
+    service_path = "/service/streamed"
+
+
 class ServiceResponseHandler(ServiceMessageHandler):
     """Every reply from the service is routed here (path /service/slow, METHOD response), sync or not."""
 
@@ -220,7 +248,7 @@ class DemoApp(Brubeck):
         return response
 
 
-def build_app(use_wsgi: bool, port: int) -> Brubeck:
+def build_app(use_wsgi: bool, port: int, forward_server: str = "brubeck-demo") -> Brubeck:
     msg_conn: Mongrel2Connection | WSGIConnection
     if use_wsgi:
         msg_conn = WSGIConnection(port=port)
@@ -231,11 +259,15 @@ def build_app(use_wsgi: bool, port: int) -> Brubeck:
     app = DemoApp(msg_conn=msg_conn,
                   handler_tuples=[(r'^/$', IndexHandler),
                                   (r'^/service/sync$', SyncHandler),
-                                  (r'^/service/async$', AsyncHandler)],
+                                  (r'^/service/async$', AsyncHandler),
+                                  (r'^/service/forwarded$', ForwardedHandler),
+                                  (r'^/service/streamed$', StreamedHandler)],
                   # Unrouted requests (404, 405) get the demo's error page too.
                   base_handler=DemoPage,
                   template_loader=load_jinja2_env(str(TEMPLATES_DIR)),
                   transport=transport, handoffs=Handoffs(),
+                  # The Mongrel2 server, by the name the service knows it, that forwarded pages go through.
+                  forward_server=forward_server,
                   # Ctrl-C: the web clients are gone; app.close() gives replies on their way a moment, not 5 s.
                   service_close_timeout=1)
     # What every page says about the set-up, error pages the framework renders included.
@@ -253,13 +285,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=6767, help="the HTTP port with --wsgi (default 6767)")
     parser.add_argument("--dir", type=Path, default=RUNTIME_DIR,
                         help="where the ipc:// sockets live (default demos/var)")
+    parser.add_argument("--forward-server", default="brubeck-demo",
+                        help="the name the service knows this app's Mongrel2 server by (default brubeck-demo)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     runtime_dir = args.dir.resolve()
     (runtime_dir / "run").mkdir(parents=True, exist_ok=True)
     os.chdir(runtime_dir)
-    app = build_app(args.wsgi, args.port)
+    app = build_app(args.wsgi, args.port, args.forward_server)
     log.info("web app %s, calling the service at %s", app.settings["transport"], SERVICE_ADDR)
     try:
         app.run()

@@ -13,7 +13,9 @@ Python. In order, it:
 2. starts Mongrel2 in the foreground from demos/mongrel2.conf (a copy with the port changed for another
    --port) through brubeck.testing.Mongrel2Server;
 3. starts demo_service.py and demo_service_client.py, and prints every line the three write, tagged
-   [mongrel2] (its log files, followed), [service] and [client];
+   [mongrel2] (its log files, followed), [service] and [client]. The service is told Mongrel2's handler
+   (its recv_spec and send_ident, read back from the loaded config, under the server's name) so that it
+   can answer browsers itself (the forwarded and streamed pages), and the web app is told that name;
 4. prints the URL once the index page answers;
 5. watches them: when the service exits (a crash, a `kill`), says so and keeps the web app up, whose pages
    that call the service then answer 503; when Mongrel2 or the web app exits, nothing can serve, so it stops;
@@ -57,6 +59,8 @@ DEMOS_DIR = Path(__file__).resolve().parent
 VAR_DIR = DEMOS_DIR / "var"
 CONFIG = DEMOS_DIR / "mongrel2.conf"
 DEFAULT_PORT = 6767
+#: demos/mongrel2.conf's Server(name=...): the name the service and the web app know the handler by.
+MONGREL2_NAME = "brubeck-demo"
 
 START_TIMEOUT = 10.0  # for Mongrel2 to serve
 READY_TIMEOUT = 30.0  # for the index page to answer once everything is started
@@ -226,8 +230,14 @@ class Demo:
         if self.use_mongrel2:
             self.mongrel2 = self.start_mongrel2()
         where = ["--dir", str(self.runtime.path)]
-        self.children["service"] = Child("service", "demo_service.py", where, self.env, self.exits)
-        web = [] if self.mongrel2 is not None else ["--wsgi", "--port", str(self.port)]
+        server = self.mongrel2
+        # Behind Mongrel2 the service answers the forwarded pages' browsers through the handler's recv_spec
+        # (an ipc:// path relative to the run's directory, where the service runs too); over WSGI the web app
+        # relays what the service answers.
+        forward = ["--no-mongrel2"] if server is None else ["--mongrel2", MONGREL2_NAME, server.recv_spec,
+                                                              server.send_ident]
+        self.children["service"] = Child("service", "demo_service.py", where + forward, self.env, self.exits)
+        web = ["--forward-server", MONGREL2_NAME] if server is not None else ["--wsgi", "--port", str(self.port)]
         self.children["client"] = Child("client", "demo_service_client.py", where + web, self.env, self.exits)
         say(f"the service is {self.children['service'].name}; the web app is {self.children['client'].name}")
         self.wait_until_answering()
@@ -303,7 +313,8 @@ class Demo:
             if tag == "service":
                 say(f"the service ({self.children['service'].name}) {how_it_ended(status)}")
                 say(f"the web app keeps running: {self.url} still answers, and the pages that call the service "
-                    "(/service/sync, /service/async) answer 503 Service Unavailable. Ctrl-C stops the demo.")
+                    "(/service/sync, /service/async, /service/forwarded, /service/streamed) answer 503 Service "
+                    "Unavailable. Ctrl-C stops the demo.")
                 continue
             what = "Mongrel2" if tag == "mongrel2" else f"the web app ({self.children['client'].name})"
             raise DemoError(f"{what} {how_it_ended(status)}: nothing serves {self.url} any more; stopping the demo")

@@ -38,8 +38,8 @@ def serve_web(application: Application, request: Any, ctx: RequestContext) -> An
     if otel.enabled():
         headers = request.headers
         received = parse_traceparent(header(headers, "traceparent"), header(headers, "tracestate"))
-    with ctx.entered(), otel.web_request(received, request.method, request.path,
-                                         client_address=request.remote_addr) as span:
+    with otel.web_request(received, request.method, request.path, client_address=request.remote_addr) as span, \
+            ctx.entered():  # (the span ends outside: a processor that waits is not cancelled)
         if span is not None:
             ctx.trace = span.trace  # what the calls it makes carry on
         response = application.handle(request)

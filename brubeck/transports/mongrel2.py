@@ -87,16 +87,23 @@ class Mongrel2Connection(WebConnection):
             self._log.log(logging.WARNING, "too large", "refusing %d-byte body from %r", len(request.body), request)
             self.reply(request, application.base_handler(application, request).render_error(413))
             return None
+        # Its context from its arrival: a budget counts the time it waits for a free worker, and a disconnect
+        # notice finds it while it waits.
+        self._serving[(request.sender, request.conn_id)] = web_context(request.headers, application.settings,
+                                                                        header)
         return request
 
     def answer(self, application: Application, request: Request) -> None:
         """Run the request's handler in the request's context (brubeck.context: its trace and deadline) and
         send its reply, if it returned one. Never raises; a request whose browser went away meanwhile is
         cancelled (its sync service calls too) and answered nothing."""
-        ctx = web_context(request.headers, application.settings, header)
         key = (request.sender, request.conn_id)
-        self._serving[key] = ctx
+        ctx = self._serving.get(key) or web_context(request.headers, application.settings, header)
         try:
+            if ctx.cancelled:
+                log.info("dropped %s %s for connection %s before it started: %s (trace %s)", request.method,
+                         request.path, request.conn_id, ctx.cancelled, ctx.trace_id)
+                return
             response = serve_web(application, request, ctx)
             if response is not None:
                 self.reply(request, response)
@@ -110,11 +117,17 @@ class Mongrel2Connection(WebConnection):
                 del self._serving[key]
 
     def _disconnected(self, notice: Request) -> None:
-        """Mongrel2 says a browser is gone: cancel what is being served for it."""
+        """Mongrel2 says a browser is gone: cancel what is being served for it, or waits to be. (Under full
+        load the channel is paused and notices wait in ZeroMQ's queue with the requests, so a request that
+        waits there is not known yet; and with several web apps on one handler, Mongrel2 pushes the notice
+        to any one of them.)"""
         ctx = self._serving.get((notice.sender, notice.conn_id))
-        if ctx is not None and ctx.cancel("the browser disconnected"):
-            log.info("connection %s closed by the browser: cancelling its request (trace %s)", notice.conn_id,
-                     ctx.trace_id)
+        if ctx is None or ctx.cancelled:
+            return
+        if not ctx.cancel("the browser disconnected"):
+            ctx.cancelled = "the browser disconnected"  # still waiting for a worker: it will not start
+        log.info("connection %s closed by the browser: cancelling its request (trace %s)", notice.conn_id,
+                 ctx.trace_id)
 
     def _reject(self, raw: bytes, status_code: int) -> None:
         parts = raw.split(b" ", 2)
@@ -157,6 +170,7 @@ class Mongrel2Connection(WebConnection):
         if self._closed:
             return
         self._closed = True
+        self._serving.clear()
         self._stopped.set()
         self._log.close()
         if self._pump is not None:

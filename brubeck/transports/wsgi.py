@@ -156,9 +156,9 @@ class WSGIConnection(WebConnection):
                           environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), request)
             dummy = Request(SENDER, "0", environ.get("PATH_INFO", "/"), headers_from_environ(environ), b"")
             return self._respond(app.base_handler(app, dummy).render_error(request), start_response)
+        ctx = web_context(request.headers, app.settings, header)
         slot: AsyncResult = AsyncResult()
         self._pending[request.conn_id] = slot
-        ctx = web_context(request.headers, app.settings, header)
         try:
             response = serve_web(app, request, ctx)  # (brubeck.context: the request's trace and deadline)
             if response is None:

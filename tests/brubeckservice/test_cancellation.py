@@ -172,6 +172,29 @@ def test_cancel_fails_a_sent_call_and_stops_its_handler(service: ServicePair, bo
     assert not service.client.cancel(msg_id)  # nothing outstanding any more
 
 
+def test_closing_the_client_tells_the_worker(board: Board) -> None:
+    with ServicePair(ROUTES, PASSPHRASE, board=board) as pair:
+        client = pair.new_client()
+        accepts_cancel(client)
+        client.send("/hold", on_error=lambda _: None)
+        board.started.get(timeout=WAIT)
+        client.close(timeout=0)
+        assert board.ended.get(timeout=WAIT) == "cancelled: its caller cancelled it (the client closed)"
+        assert client.stats["cancels_sent"] == 1
+
+
+def test_a_second_request_under_an_id_in_flight_is_refused(service: ServicePair, board: Board) -> None:
+    raw = service.raw_socket()
+    first = ServiceRequest(path="/hold")
+    raw.send_multipart(envelope.build_request(SIGNER, b"twice", first, now_ms(), "dup", 1))
+    board.started.get(timeout=WAIT)
+    raw.send_multipart(envelope.build_request(SIGNER, b"twice", first, now_ms(), "dup", 2))
+    reply = envelope.parse_reply(envelope.parse_envelope(receive(raw)), SIGNER, now_ms(), 30_000)
+    assert (reply.msg_id, reply.status_code) == (b"twice", 400)
+    board.release.set()
+    assert board.ended.get(timeout=WAIT) == "done"
+
+
 def test_a_request_cancelled_while_queued_never_starts(board: Board) -> None:
     with ServicePair(ROUTES, PASSPHRASE, board=board) as pair:
         # One at a time on the worker, while it reports room for more: the second call is sent, and waits
@@ -229,15 +252,15 @@ def test_only_the_callers_own_connection_can_cancel_its_call(service: ServicePai
     assert (reply.msg_id, reply.status_code) == (b"held-2", 200)
 
 
-def test_a_replayed_cancel_is_dropped(service: ServicePair, board: Board) -> None:
+def test_a_replayed_cancel_finds_nothing(service: ServicePair, board: Board) -> None:
     raw = service.raw_socket()
     raw.send_multipart(signed_request(SIGNER, "/hold", msg_id=b"held-3"))
     board.started.get(timeout=WAIT)
     cancel = envelope.build_cancel(SIGNER, b"held-3", now_ms(), "once")
     raw.send_multipart(cancel)
     assert board.ended.get(timeout=WAIT) == "cancelled: its caller cancelled it (once)"
-    raw.send_multipart(cancel)
-    wait_until(lambda: service.connection.stats["replayed"] == 1, "the replayed CANCEL to be dropped")
+    raw.send_multipart(cancel)  # (a recording: it acts only on a request in flight on its own connection)
+    wait_until(lambda: service.connection.stats["cancel_unknown"] == 1, "the replayed CANCEL to find nothing")
     assert service.connection.stats["cancelled"] == 1
 
 
@@ -290,16 +313,16 @@ def test_a_downstream_call_stops_when_the_first_callers_budget_runs_out(
 
 # -- the trace context ------------------------------------------------------------------------------------
 
-def test_one_trace_id_across_hops_with_a_span_each(chain: tuple[ServicePair, ServicePair], board: Board) -> None:
+def test_one_trace_across_hops_passed_on_as_it_came(chain: tuple[ServicePair, ServicePair], board: Board) -> None:
     a, _ = chain
     caller = RequestContext(new_trace())
     with caller.entered():
         assert a.client.call("/relay", arguments={"path": "/report"}).ok
     at_a, at_b = board.seen
     assert at_a["trace_id"] == at_b["trace_id"] == caller.trace.trace_id
-    assert len({caller.trace.span_id, at_a["span_id"], at_b["span_id"]}) == 3
-    received = parse_traceparent(at_b["traceparent"])
-    assert received is not None and received.trace_id == caller.trace.trace_id
+    # Without a tracer nothing records spans, so none is made up: the caller's span is every hop's parent.
+    assert at_a["span_id"] == at_b["span_id"] == caller.trace.span_id
+    assert at_b["traceparent"] == caller.trace.traceparent
 
 
 def test_a_call_outside_any_request_starts_a_trace(service: ServicePair, board: Board) -> None:

@@ -278,13 +278,14 @@ def test_the_web_handlers_timeout_stops_the_work_at_every_hop(start_chain: Start
 
 # -- 4. one trace ----------------------------------------------------------------------------------------------
 
-def test_a_given_trace_id_is_in_every_hops_log_with_a_span_each(start_chain: StartChain) -> None:
+def test_a_given_trace_is_in_every_hops_log_and_passed_on_as_it_came(start_chain: StartChain) -> None:
     chain = start_chain()
     status, seen = chain.get("/report", {"traceparent": TRACEPARENT})
     assert status == 200, seen
     assert seen["web_trace_id"] == seen["a_trace_id"] == seen["trace_id"] == TRACE_ID
-    spans = {seen["web_span_id"], seen["a_span_id"], seen["span_id"]}
-    assert len(spans) == 3 and PARENT_SPAN not in spans
+    # No tracer records spans in these processes, so none makes spans up: the browser's parent goes on to
+    # every hop (W3C's pass-through; with the otel extra each hop is a span: tests/brubeckservice/test_tracing.py).
+    assert {seen["web_span_id"], seen["a_span_id"], seen["span_id"]} == {PARENT_SPAN}
     assert any("calling A for /report" in line for line in traced(chain.hops, "web", TRACE_ID))
     assert any("relaying to /report" in line for line in traced(chain.hops, "a", TRACE_ID))
     assert any("report for /report" in line for line in traced(chain.hops, "b", TRACE_ID))

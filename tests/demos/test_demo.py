@@ -162,3 +162,40 @@ def test_two_sync_calls_overlap(demo: RunningDemo, browser: Browser) -> None:
     assert demo.interrupt() == 0, demo.output()
     assert demo.processes() == []
     assert demo_leftovers(demo.runtime) == []
+
+
+def test_the_service_answers_the_browser_itself_whole_and_in_pieces(demo: RunningDemo, page: Page) -> None:
+    page.goto(demo.url)
+    assert page.locator("#forwarded-link").get_attribute("href") == "/service/forwarded"
+    assert page.locator("#streamed-link").get_attribute("href") == "/service/streamed"
+
+    # Forwarded: the web app hands the request on and sends nothing; the service's page reaches the browser.
+    with page.expect_navigation(timeout=DELAY * 5 * 1000) as forwarded:
+        page.click("#forwarded-link")
+    response = forwarded.value
+    assert response is not None and response.status == 200
+    assert page.locator("h1").inner_text() == "The service answered you itself"
+    assert page.locator("#way").inner_text() == "Sent by the service"
+    conn_id = page.locator("#conn-id").inner_text()
+    assert demo.wait_for_line(rf"\[service\] .*answered web connection {conn_id} myself, through Mongrel2", 5)
+    assert demo.wait_for_line(r"\[client\] .*GET /service/forwarded -> handed to the service", 1)
+    shot(page, "forwarded")
+
+    # Streamed: chunked, every piece shown, and they reached the page one after another, not all at once.
+    page.go_back()
+    with page.expect_navigation(timeout=DELAY * 5 * 1000) as streamed:
+        page.click("#streamed-link")
+    response = streamed.value
+    assert response is not None and response.status == 200
+    assert response.headers.get("transfer-encoding") == "chunked"
+    page.wait_for_selector("#stream-end")
+    assert page.locator("#way").inner_text() == "Streamed by the service"
+    pieces = page.locator("#pieces li.piece").all_inner_texts()
+    assert [text.split(",")[0] for text in pieces] == [f"Piece {n} of 5" for n in range(1, 6)]
+    arrived = page.evaluate("arrived")
+    assert len(arrived) == 5 and arrived == sorted(arrived) and arrived[-1] > arrived[0]
+    shot(page, "streamed")
+
+    assert demo.interrupt() == 0, demo.output()
+    assert demo.processes() == []
+    assert demo_leftovers(demo.runtime) == []
