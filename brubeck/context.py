@@ -49,6 +49,11 @@ def new_trace() -> TraceContext:
     return TraceContext(f"{random.getrandbits(128) or 1:032x}", f"{random.getrandbits(64) or 1:016x}")
 
 
+def new_traceparent() -> str:
+    """The `traceparent` of a new trace (as `new_trace().traceparent`, without building the value)."""
+    return f"00-{random.getrandbits(128) or 1:032x}-{random.getrandbits(64) or 1:016x}-00"
+
+
 def trace_from(traceparent: str, tracestate: str = "") -> TraceContext:
     """The trace a `traceparent` names, as it came (without a recording tracer, no span of ours exists, so
     the caller's span stays the parent of what we call: W3C's pass-through), or a new trace when the header

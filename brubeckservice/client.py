@@ -38,7 +38,7 @@ from greenlet import getcurrent, greenlet
 
 from brubeck import otel
 from brubeck.context import current as current_context
-from brubeck.context import new_trace
+from brubeck.context import new_traceparent
 from brubeck.errors import Cancelled
 from brubeck.throttle import LogThrottle
 from brubeck.transports.channel import Workers
@@ -296,9 +296,12 @@ class ServiceClient:
         if not request.traceparent:
             # Tracing on: the call's span. Off: nothing records spans here, so the trace goes on as it came
             # (W3C: a participant that records nothing passes the parent on), or a new one starts.
-            if span is None:
-                span = new_trace() if ctx is None else ctx.trace
-            trace = (span.traceparent, span.state)
+            if span is not None:
+                trace = (span.traceparent, span.state)
+            elif ctx is not None:
+                trace = (ctx.trace.traceparent, ctx.trace.state)
+            else:  # (a call made outside any request: a trace of its own)
+                trace = (new_traceparent(), "")
 
         def build(msg_id: bytes) -> list[bytes]:
             # Numbered at the moment of building, and built when sent (or just before: see `_frames`), so

@@ -16,11 +16,21 @@ from gevent.queue import Queue
 
 from brubeck.application import Brubeck
 from brubeck.connections import Mongrel2Connection, WSGIConnection
-from brubeck.context import RequestContext, TraceFilter, current, new_trace, remaining, shielded, web_context
+from brubeck.context import (
+    RequestContext,
+    TraceFilter,
+    current,
+    new_trace,
+    new_traceparent,
+    remaining,
+    shielded,
+    web_context,
+)
 from brubeck.errors import Cancelled
 from brubeck.handlers import WebMessageHandler
 from brubeck.testing import TestClient
 from brubeck.wire.mongrel2 import Mongrel2Message, build_message, header
+from brubeck.wire.tracecontext import parse_traceparent
 from tests.brubeck.fake_mongrel2 import SENDER, FakeMongrel2
 
 WAIT = 5.0
@@ -41,6 +51,15 @@ def test_remaining_and_limit_follow_the_deadline() -> None:
     assert left is not None and 0 < left <= 2
     assert ctx.limit(30) <= 2 and ctx.limit(0.5) == 0.5
     assert RequestContext(new_trace(), deadline=now_ms() - 5000).remaining() == 0.0
+
+
+def test_new_traces_are_valid_and_distinct() -> None:
+    parents = {new_traceparent() for _ in range(100)}
+    assert len(parents) == 100
+    for traceparent in parents:
+        parsed = parse_traceparent(traceparent)
+        assert parsed is not None and parsed.traceparent == traceparent and not parsed.sampled
+    assert parse_traceparent(new_trace().traceparent) is not None
 
 
 def test_narrow_only_moves_the_deadline_earlier() -> None:
