@@ -303,8 +303,11 @@ def test_a_downstream_call_stops_when_its_callers_caller_gives_up(chain: tuple[S
 def test_a_downstream_call_stops_when_the_first_callers_budget_runs_out(
         chain: tuple[ServicePair, ServicePair], board: Board) -> None:
     a, b = chain
-    with pytest.raises(ServiceTimeout):
-        a.client.call("/relay", arguments={"path": "/hold"}, timeout=0.5)
+    try:  # A's call to B ends no later than this call: A's 504 may come back just before this call expires
+        answer = a.client.call("/relay", arguments={"path": "/hold"}, timeout=0.5)
+        assert answer.status_code == 504
+    except ServiceTimeout:
+        pass
     board.started.get(timeout=WAIT)
     # A's call to B had A's remaining budget (under 0.5 s), not its own 30 s: it timed out and told B.
     assert board.ended.get(timeout=WAIT) == "cancelled: its caller cancelled it (timed out)"
