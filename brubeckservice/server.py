@@ -432,16 +432,26 @@ class ServiceConnection:
                 return status
         return None
 
-    def _pong(self, routing: list[bytes], env: envelope.Envelope) -> None:
-        now = now_ms()
+    def _control(self, routing: list[bytes], env: envelope.Envelope, now: int,
+                 kind: str) -> tuple[envelope.ControlHeader, Any] | None:
+        """The header and body of a signed PING or CANCEL; None when it is forged or malformed (counted,
+        logged, answered ERR 401)."""
         try:
-            header, body = envelope.parse_control(env, self.signer, now, self.window_ms)
+            return envelope.parse_control(env, self.signer, now, self.window_ms)
         except (AuthenticationError, ProtocolError) as err:
             self.stats["forged"] += 1
             self._refused()
-            self._log.log(logging.WARNING, "forged ping", "refused PING on %s: %s", self.service_addr, err)
+            self._log.log(logging.WARNING, f"forged {kind.lower()}", "refused %s on %s, answered ERR 401: %s",
+                          kind, self.service_addr, err)
             self._send(routing, envelope.build_error(env.msg_id, 401, str(err), now))
+            return None
+
+    def _pong(self, routing: list[bytes], env: envelope.Envelope) -> None:
+        now = now_ms()
+        control = self._control(routing, env, now, "PING")
+        if control is None:
             return
+        header, body = control
         replayed = self.pings.check(env.mac, header.ts, now)
         if replayed is not None:
             # Dropped, not answered: a client that sent the same bytes twice (two 0.4 clients beating in
@@ -458,16 +468,10 @@ class ServiceConnection:
 
     def _cancel(self, routing: list[bytes], env: envelope.Envelope) -> None:
         """A caller gave up on a request of its own: stop its handler, or drop it if it has not started."""
-        now = now_ms()
-        try:
-            _, body = envelope.parse_control(env, self.signer, now, self.window_ms)
-        except (AuthenticationError, ProtocolError) as err:
-            self.stats["forged"] += 1
-            self._refused()
-            self._log.log(logging.WARNING, "forged cancel", "refused CANCEL on %s, answered ERR 401: %s",
-                          self.service_addr, err)
-            self._send(routing, envelope.build_error(env.msg_id, 401, str(err), now))
+        control = self._control(routing, env, now_ms(), "CANCEL")
+        if control is None:
             return
+        _, body = control
         # No replay guard: a CANCEL acts only on a request in flight under its id on its own connection, so
         # a recorded one finds nothing (and sharing the PINGs' guard would let a timeout storm crowd it).
         peer = self._signed(routing)
