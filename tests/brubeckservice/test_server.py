@@ -352,11 +352,13 @@ def test_a_reply_to_a_caller_that_left_is_counted_not_fatal(tmp_path: Path) -> N
     with ServicePair(ROUTES, PASSPHRASE, address=f"ipc://{tmp_path}/service", gate=gate) as pair:
         admission = pair.connection.admission  # (it reads the socket's monitor: libzmq allows one)
         assert admission is not None
-        leaving = pair.new_client()
-        leaving.send("/block")
+        # A caller that vanishes (its process dies) with its call still out, so it says nothing: a client
+        # that closes would first CANCEL the call, and then there would be no reply to count.
+        leaving = pair.raw_socket()
+        leaving.send_multipart(signed_request(SIGNER, "/block", msg_id=b"left"))
         caller = gate.next_arrival().sender
         wait_until(lambda: len(admission) == 2, "both clients' connections")
-        leaving.close(timeout=0)  # it leaves with its call still out
+        leaving.close(linger=0)
         wait_until(lambda: len(admission) == 1, "the service to see the caller leave")
         # The event comes from ZeroMQ's I/O thread; the socket itself forgets the connection a few
         # commands later. Until it has, a message to it is queued and lost, which nobody can count.
