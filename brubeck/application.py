@@ -23,8 +23,11 @@ from gevent.pool import Pool
 from greenlet import getcurrent
 from jinja2 import Environment
 
+from brubeck.context import current as current_context
 from brubeck.errors import BrubeckError, ConfigurationError
 from brubeck.handlers import MessageHandler
+from brubeck.logs import configure_logging
+from brubeck.logs import log_format as brubeck_log_format
 from brubeck.routing import NoRoute, Router
 from brubeck.types import Connection, HandlerClass, Message, RouteTarget
 
@@ -39,6 +42,10 @@ class Brubeck:
     `handler_tuples` is a list of `(regex, HandlerClass_or_function)`; routes match in order, anchored at
     the start of the path. `template_loader` is a callable returning a Jinja2 environment (see
     `brubeck.templating.load_jinja2_env`).
+
+    Logging: `run()` sets up the process's logging (brubeck.logs.configure_logging) at `log_level`, as
+    `log_format` ("text" or "json"; default: $BRUBECK_LOG_FORMAT, else text), unless something configured
+    it before; the constructor changes nothing, so two apps in one process keep whatever was set.
     """
 
     def __init__(self, msg_conn: Connection | None = None,
@@ -47,7 +54,9 @@ class Brubeck:
                  base_handler: HandlerClass | None = None,
                  template_loader: Callable[[], Environment] | None = None,
                  log_level: int = logging.INFO, login_url: str | None = None, db_conn: Any = None,
-                 cookie_secret: str | bytes | None = None, api_base_url: str = "/", **kwargs: Any) -> None:
+                 cookie_secret: str | bytes | None = None, api_base_url: str = "/",
+                 log_format: str | None = None, **kwargs: Any) -> None:
+        log_format = brubeck_log_format(log_format)  # (a wrong name fails here, not at run())
         if msg_conn is None:
             raise ConfigurationError(
                 "Brubeck needs a msg_conn: e.g. Mongrel2Connection('tcp://127.0.0.1:9999', "
@@ -72,9 +81,9 @@ class Brubeck:
         self._close_done = Event()
         self._closer: object = None  # the greenlet running close()
         self._drainer: gevent.Greenlet[[], None] | None = None
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("brubeck").setLevel(log_level)
+        # Logging is the process's, not one app's: `run()` sets it up, and only when nothing else has.
+        self.log_level = log_level
+        self.log_format = log_format
 
     # -- routes -------------------------------------------------------------------------------------
 
@@ -105,6 +114,9 @@ class Brubeck:
             match = self.router.match(message.path, message.method)
         except NoRoute as missing:
             return self._no_route(message, missing, base)
+        ctx = current_context()
+        if ctx is not None:
+            ctx.route = match.route.pattern.pattern
         target: Any = match.route.target
         if isinstance(target, type) and issubclass(target, MessageHandler):
             try:
@@ -136,6 +148,7 @@ class Brubeck:
         removed, and callers see the connection drop instead of waiting for their timeouts. SIGTERM drains
         first when the connection has a `drain()` method (see the module's docstring).
         """
+        configure_logging(self.log_level, format=self.log_format)  # (when nothing else configured logging)
         log.info("Brubeck serving on %r", self.msg_conn)
         handlers = []
         if threading.current_thread() is threading.main_thread():

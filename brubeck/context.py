@@ -82,6 +82,7 @@ class RequestContext:
         "active",
         "cancelled",
         "deadline",
+        "route",
     )
 
     def __init__(self, trace: TraceContext | None = None, deadline: int | None = None, *,
@@ -92,6 +93,7 @@ class RequestContext:
         self.deadline = deadline
         self.cancelled = ""
         self.active = False
+        self.route = ""  # the pattern of the route serving it, once routed (for access logs and metrics)
         self._greenlet: greenlet | None = None
         self._token: contextvars.Token[RequestContext | None] | None = None
         self._shield = 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -36,7 +37,7 @@ from gevent.event import Event
 from gevent.hub import Waiter, get_hub
 from greenlet import getcurrent, greenlet
 
-from brubeck import otel
+from brubeck import observe, otel
 from brubeck.context import current as current_context
 from brubeck.context import new_traceparent
 from brubeck.errors import Cancelled
@@ -79,6 +80,25 @@ DEFAULT_MAX_QUEUED = 1000
 ROOM_POLL = 0.005
 
 _REQ, _PING = envelope.REQ, envelope.PING
+
+
+#: The clients of this process not closed yet (for metrics and status pages: brubeckservice.metrics).
+LIVE_CLIENTS: weakref.WeakSet[ServiceClient] = weakref.WeakSet()
+
+
+def _outcome(error: BaseException) -> str:
+    """How a failed call ended, in a word (brubeck.observe.CallMade.outcome)."""
+    if isinstance(error, ServiceTimeout):
+        return "timeout"
+    if isinstance(error, (ServiceCancelled, Cancelled, gevent.GreenletExit)):
+        return "cancelled"
+    if isinstance(error, AuthenticationError):
+        return "refused"
+    if isinstance(error, ProtocolError):
+        return "malformed"
+    if isinstance(error, (ServiceUnavailable, RequestTooLarge)):
+        return "unavailable" if isinstance(error, ServiceUnavailable) else "too_large"
+    return "error"
 
 
 class ServiceClient:
@@ -127,6 +147,7 @@ class ServiceClient:
         self._own_context = context is None
         self.context = context if context is not None else zmq.Context()
         self._closing = False  # close() began: no new calls
+        LIVE_CLIENTS.add(self)
         self._closed = False  # close() is done waiting: everything still out fails
         self._expiry_changed = Event()
         self._flusher: gevent.Greenlet[Any, Any] | None = None
@@ -196,13 +217,21 @@ class ServiceClient:
         """
         limit = self._limit(request, timeout)
         ctx = current_context()
+        started = time.perf_counter()
         with otel.service_call(None if ctx is None else ctx.trace, self.service, request.path,
                                request.method) as span:
-            call = Call(request.path, build=self._builder(request, limit, None if span is None else span.trace),
-                        idempotent=idempotent)
-            response: ServiceResponse = self._wait(call, limit)
+            build, trace_id = self._builder(request, limit, None if span is None else span.trace)
+            call = Call(request.path, build=build, idempotent=idempotent)
+            try:
+                response: ServiceResponse = self._wait(call, limit)
+            except BaseException as failed:
+                if observe.CALLS:
+                    self._observe(request, call, trace_id, started, failed)
+                raise
             if span is not None:
                 span.set_status_code(response.status_code)
+        if observe.CALLS:
+            self._observe(request, call, trace_id, started, response)
         return response
 
     def send(self, path: str, method: str = "request", arguments: dict[str, Any] | None = None, *,
@@ -234,13 +263,18 @@ class ServiceClient:
                                        request.method)
         if span is not None:  # (ended by the reply or the failure, in whichever greenlet runs it)
             on_reply, on_error = self._ending(span, on_reply, on_error)
-        call = Call(request.path, on_reply=on_reply, on_error=on_error,
-                    build=self._builder(request, limit, None if span is None else span.trace), idempotent=idempotent)
+        build, trace_id = self._builder(request, limit, None if span is None else span.trace)
+        call = Call(request.path, on_reply=on_reply, on_error=on_error, build=build, idempotent=idempotent)
+        if observe.CALLS:
+            on_reply, on_error = self._observing(request, call, trace_id, on_reply, on_error)
+            call.on_reply, call.on_error = on_reply, on_error
         try:
             return self._submit(call, limit)
         except BaseException as refused:
             if span is not None:
                 span.end(refused)
+            if observe.CALLS:
+                self._observe(request, call, trace_id, time.perf_counter(), refused)
             raise
 
     def ping(self, timeout: float | None = None) -> dict[str, Any]:
@@ -284,7 +318,41 @@ class ServiceClient:
 
         return replied, failed
 
-    def _builder(self, request: ServiceRequest, timeout: float, span: TraceContext | None = None) -> Build:
+    def _observing(self, request: ServiceRequest, call: Call, trace_id: str, on_reply: ReplyCallback | None,
+                   on_error: ErrorCallback | None) -> tuple[ReplyCallback, ErrorCallback]:
+        """Callbacks of a call sent without waiting that tell the observers how it ended, then go on."""
+        started = time.perf_counter()
+
+        def replied(response: ServiceResponse) -> Any:
+            self._observe(request, call, trace_id, started, response)
+            if on_reply is not None:
+                return on_reply(response)
+            log.info("reply to %s (%d %s) has no handler", response.path, response.status_code, response.status_msg)
+            return None
+
+        def failed(error: BaseException) -> Any:
+            self._observe(request, call, trace_id, started, error)
+            if on_error is not None:
+                return on_error(error)
+            self._log.log(logging.WARNING, "failed", "call failed: %s", error)
+            return None
+
+        return replied, failed
+
+    def _observe(self, request: ServiceRequest, call: Call, trace_id: str, started: float,
+                 ended: ServiceResponse | BaseException) -> None:
+        """Tell the observers of calls (brubeck.observe: the access log, metrics) how this one ended."""
+        worker = call.worker.address if call.worker is not None else ""
+        if isinstance(ended, ServiceResponse):
+            status, outcome, error = ended.status_code, "ok", ""
+        else:
+            status, outcome, error = None, _outcome(ended), str(ended) or type(ended).__name__
+        observe.report(observe.CALLS, observe.CallMade(
+            service=self.service, worker=worker, path=request.path, method=request.method, status=status,
+            outcome=outcome, duration=time.perf_counter() - started, trace_id=trace_id, error=error[:200]))
+
+    def _builder(self, request: ServiceRequest, timeout: float,
+                 span: TraceContext | None = None) -> tuple[Build, str]:
         # The caller's request is left as it is (reusable); a retry gets a deadline of its own. The call
         # carries the trace of the request being served on, in a span of its own (`span`, the call's span
         # when tracing is on; else a new span id of that trace, or a new trace).
@@ -302,6 +370,8 @@ class ServiceClient:
                 trace = (ctx.trace.traceparent, ctx.trace.state)
             else:  # (a call made outside any request: a trace of its own)
                 trace = (new_traceparent(), "")
+        # (a traceparent is 00-TRACEID-SPANID-FLAGS)
+        trace_id = trace[0][3:35] if trace is not None else request.traceparent[3:35]
 
         def build(msg_id: bytes) -> list[bytes]:
             # Numbered at the moment of building, and built when sent (or just before: see `_frames`), so
@@ -310,7 +380,7 @@ class ServiceClient:
             return envelope.build_request(self.signer, msg_id, request, now_ms(), self.session, self._seq,
                                            deadline, trace)
 
-        return build
+        return build, trace_id
 
     def _frames(self, msg_id: bytes, call: Call) -> list[bytes]:
         """The call's message: the one built when it was submitted while still fresh, else built anew (a
@@ -695,6 +765,7 @@ class ServiceClient:
         if self._closing:
             return
         self._closing = True
+        LIVE_CLIENTS.discard(self)
         limit = DEFAULT_CLOSE_TIMEOUT if timeout is None else timeout
         if limit > 0 and getcurrent() is not get_hub():  # (the hub cannot wait)
             self._settle(limit)

@@ -50,6 +50,7 @@ from brubeckservice.clock import now_ms
 from brubeckservice.curve import HANDSHAKE_FAILED, CurveClient, HandshakeFailure, handshake_failure
 from brubeckservice.discovery import Resolver, needs_resolving
 from brubeckservice.errors import ServiceError
+from brubeckservice.latency import LATENCY_SAMPLES, percentile_ms
 from brubeckservice.signing import Signer
 
 log = logging.getLogger("brubeckservice.pool")
@@ -67,8 +68,6 @@ CAPACITY_UNREPORTED = 100
 #: make us open thousands of connections).
 MAX_LISTED = 64
 MAX_ADDRESS = 1024  # characters, for one listed address
-#: Replies kept per worker for its recent latency.
-LATENCY_SAMPLES = 256
 #: Seconds after a connection dropped before we reconnect ourselves, if libzmq has not (see _on_event).
 RECONNECT_CHECK = 2.0
 #: The longest wait, in seconds, between our own reconnects to a worker whose handshake refused us in a way
@@ -154,16 +153,16 @@ class WorkerInfo:
     capacity: int  # as reported (or assumed before its first report)
     load: int  # its calls in flight and queued, for all its clients, as last reported
     last_heard: float | None  # seconds since it was last heard from (None: never connected)
-    latency_p50_ms: float | None  # over its recent replies
+    latency_p50_ms: float | None  # over its recent replies to this client (round trips)
     latency_p99_ms: float | None
     source: str  # why it is a member
-
-
-def _percentile(samples: Sequence[float], fraction: float) -> float | None:
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000, 3)
+    # From its last PONG (None before the first, or from a worker that does not say):
+    served: int | None = None  # requests it ran since it started, for all its clients
+    errors: int | None = None  # of those, answered with a 5xx or failed
+    served_p50_ms: float | None = None  # how long its recent requests ran there (without the network)
+    served_p99_ms: float | None = None
+    uptime: float | None = None  # seconds since it started, when it reported
+    version: str | None = None  # its brubeck-service version
 
 
 def sibling_address(listed: str, reporter: str) -> str:
@@ -174,6 +173,21 @@ def sibling_address(listed: str, reporter: str) -> str:
         host = f"[{host}]" if ":" in host else host
         return f"tcp://{host}:{listed[len('tcp://:'):]}"
     return listed
+
+
+def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
+def _reported(pong: dict[str, Any]) -> dict[str, Any]:
+    """The WorkerInfo fields a worker's PONG gives, each only when it has the expected type (a PONG is
+    signed, but may come from another version)."""
+    latency = pong.get("latency_ms")
+    latency = latency if isinstance(latency, dict) else {}
+    number = (int, float)
+    return {"served": _typed(pong.get("served"), int), "errors": _typed(pong.get("errors"), int),
+            "served_p50_ms": _typed(latency.get("p50"), number), "served_p99_ms": _typed(latency.get("p99"), number),
+            "uptime": _typed(pong.get("uptime"), number), "version": _typed(pong.get("version"), str)}
 
 
 OnFrames = Callable[[Worker, list[bytes]], None]
@@ -543,8 +557,8 @@ class WorkerPool:
                 address=worker.address, state=worker.current_state(now, self.heartbeat_timeout),
                 reason=worker.reason, inflight=worker.inflight, capacity=worker.capacity, load=worker.load,
                 last_heard=round(now - worker.heard_at, 3) if worker.ever_connected else None,
-                latency_p50_ms=_percentile(samples, 0.5), latency_p99_ms=_percentile(samples, 0.99),
-                source=worker.source))
+                latency_p50_ms=percentile_ms(samples, 0.5), latency_p99_ms=percentile_ms(samples, 0.99),
+                source=worker.source, **_reported(worker.reported)))
         return infos
 
     # -- closing -----------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter, OrderedDict
+import weakref
+from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -34,7 +35,7 @@ from gevent.event import Event
 from gevent.hub import get_hub
 from greenlet import getcurrent
 
-from brubeck import __version__, otel
+from brubeck import __version__, observe, otel
 from brubeck.context import RequestContext
 from brubeck.errors import Cancelled, ConfigurationError
 from brubeck.throttle import LogThrottle
@@ -67,6 +68,7 @@ from brubeckservice.errors import (
 )
 from brubeckservice.forwarding import Forwarding, Mongrel2Server
 from brubeckservice.handlers import ServiceMessageHandler
+from brubeckservice.latency import LATENCY_SAMPLES, latency_summary
 from brubeckservice.models import ServiceRequest, ServiceResponse
 from brubeckservice.signing import Passphrases, ReplayGuard, SeenMacs, Signer
 
@@ -95,6 +97,10 @@ class Told:
     sent: int = 0
     acked: int = 0
     settled: str = ""
+
+
+#: The service connections of this process serving, not closed yet (for metrics: brubeckservice.metrics).
+LIVE_CONNECTIONS: weakref.WeakSet[ServiceConnection] = weakref.WeakSet()
 
 
 class ServiceConnection:
@@ -163,7 +169,8 @@ class ServiceConnection:
         self.drain_grace = drain_grace
         self.heartbeat = heartbeat
         self.heartbeat_ttl = 6 * heartbeat
-        self._started = time.monotonic()
+        # When it started, and how long its last LATENCY_SAMPLES answered requests ran (s): PONG's figures.
+        self._started, self.latencies = time.monotonic(), deque[float](maxlen=LATENCY_SAMPLES)
         self._own_context = context is None
         self.context = context if context is not None else zmq.Context()
         self.curve = curve
@@ -297,6 +304,7 @@ class ServiceConnection:
         if self._capacity is None:
             pool_size = application.pool.size if application.pool is not None else None
             self.capacity = pool_size if pool_size else DEFAULT_CAPACITY
+        LIVE_CONNECTIONS.add(self)  # (until close())
         if self.forwarding is not None:
             self.forwarding.start()
         self._pump = Pump(self.channel, self.accept, lambda request: self.answer(application, request),
@@ -493,7 +501,9 @@ class ServiceConnection:
         """What PONG says of this worker (docs/protocol.md §4)."""
         info: dict[str, Any] = {
             "inflight": self.inflight, "queued": self.queued, "capacity": self.capacity, "draining": self.draining,
-            "served": self.stats["served"], "uptime": round(time.monotonic() - self._started, 3),
+            "served": self.stats["served"], "errors": self.stats["failed"] + self.stats["errors"],
+            "latency_ms": latency_summary(self.latencies),
+            "uptime": round(time.monotonic() - self._started, 3),
             "version": __version__, "accepts": list(envelope.ACCEPTED),
         }
         if self.workers:
@@ -542,12 +552,14 @@ class ServiceConnection:
             if ctx.cancelled:
                 log.info("dropped request %r (%s %s) before it started: %s (trace %s)", request.msg_id,
                          request.method, request.path, ctx.cancelled, ctx.trace_id)
+                self._observe(request, ctx, None, "cancelled", 0.0)
                 return
             if request.deadline is not None and request.deadline < now_ms():
                 self.stats["expired"] += 1  # it waited here for a free slot past its caller's deadline
                 self._log.log(logging.INFO, "expired in queue", "skipped request %r (%s %s), not answered: its "
                               "caller's deadline passed while it waited for a free slot (trace %s)", request.msg_id,
                               request.method, request.path, ctx.trace_id)
+                self._observe(request, ctx, None, "expired", 0.0)
                 return
             self._run(application, request, ctx)
         finally:
@@ -556,6 +568,8 @@ class ServiceConnection:
 
     def _run(self, application: Application, request: ServiceRequest, ctx: RequestContext) -> None:
         self.inflight += 1
+        started = time.perf_counter()
+        outcome, status = "failed", None
         received = parse_traceparent(request.traceparent, request.tracestate) if otel.enabled() else None
         try:
             with otel.service_request(received, self.service_addr, request.path, request.method) as span, \
@@ -566,9 +580,13 @@ class ServiceConnection:
                 if span is not None and isinstance(response, ServiceResponse):
                     span.set_status_code(response.status_code)
             self.stats["served"] += 1
+            outcome = "deferred"
             if response is not None:
+                status = getattr(response, "status_code", None)
+                outcome = "answered"
                 self.reply(request, response)
         except Cancelled as stopped:
+            outcome = "cancelled"
             log.info("stopped request %r (%s %s), not answered: %s (trace %s)", request.msg_id, request.method,
                      request.path, stopped, ctx.trace_id)
         except Exception:  # handle() answers handler errors itself; this is a bug in the transport
@@ -576,8 +594,23 @@ class ServiceConnection:
             log.exception("failed to serve %s %s (trace %s)", request.method, request.path, ctx.trace_id)
         finally:
             self.inflight -= 1
+            took = time.perf_counter() - started
+            if status is not None:
+                self.latencies.append(took)
+                if status >= 500:
+                    self.stats["failed"] += 1  # answered with a server error (a handler that raised: 500)
+            if observe.SERVED:
+                self._observe(request, ctx, status, outcome, took)
             if self.draining:
                 self._progress.set()
+
+    def _observe(self, request: ServiceRequest, ctx: RequestContext, status: int | None, outcome: str,
+                 took: float) -> None:
+        """Tell the observers of served requests (brubeck.observe: the access log, metrics)."""
+        if observe.SERVED:
+            observe.report(observe.SERVED, observe.ServedRequest(
+                service=self.service_addr, path=request.path, method=request.method, route=ctx.route,
+                status=status, outcome=outcome, duration=took, trace_id=ctx.trace_id))
 
     def reply(self, message: Any, response: Any) -> None:
         """Send `response` to the caller of `message` (a handler may call this later itself); for a
@@ -731,6 +764,7 @@ class ServiceConnection:
         if self._closed:
             return
         self._closed = True
+        LIVE_CONNECTIONS.discard(self)
         self._serving.clear()
         self._progress.set()  # a drain in progress returns
         self._stopped.set()

@@ -4,9 +4,10 @@ a request's handler in its context (brubeck.context) and, with the `otel` extra,
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 from typing import Any
 
-from brubeck import otel
+from brubeck import observe, otel
 from brubeck.context import RequestContext
 from brubeck.handlers import WebMessageHandler
 from brubeck.response import HTTPResponse
@@ -33,7 +34,9 @@ def http_bytes(response: Any) -> bytes:
 
 def serve_web(application: Application, request: Any, ctx: RequestContext) -> Any:
     """Run the app's handler for a web request with `ctx` current and, when tracing is on (brubeck.otel),
-    inside a SERVER span whose parent is the `traceparent` the request came with; returns the response."""
+    inside a SERVER span whose parent is the `traceparent` the request came with; returns the response,
+    after telling the observers of web exchanges (brubeck.observe: the access log, metrics)."""
+    started = perf_counter()
     received = None
     if otel.enabled():
         headers = request.headers
@@ -45,7 +48,21 @@ def serve_web(application: Application, request: Any, ctx: RequestContext) -> An
         response = application.handle(request)
         if span is not None and response is not None:
             span.set_status_code(_status_of(response))
+    if observe.WEB:
+        _report(request, response, ctx, started)
     return response
+
+
+def _report(request: Any, response: Any, ctx: RequestContext, started: float) -> None:
+    """Tell the observers of web exchanges (access log, metrics) how this one went."""
+    if response is None:
+        status = size = None
+    else:
+        status = _status_of(response)
+        size = len(response) if isinstance(response, bytes) else len(str(response).encode("utf-8"))
+    observe.report(observe.WEB, observe.WebExchange(
+        method=request.method, path=request.path, route=ctx.route, status=status, size=size,
+        duration=perf_counter() - started, remote=request.remote_addr, trace_id=ctx.trace_id))
 
 
 def _status_of(response: Any) -> int:

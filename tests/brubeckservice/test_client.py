@@ -250,19 +250,25 @@ def test_ping_without_a_timeout_waits_the_clients_timeout(fake_service: FakeServ
 
 def test_ping_returns_the_services_stats(pair: ServicePair, gate: Gate) -> None:
     def load(info: dict[str, Any]) -> dict[str, Any]:
-        return {key: info[key] for key in ("inflight", "served", "stats")}
+        return {key: info[key] for key in ("inflight", "served", "errors", "stats")}
 
     first = pair.client.ping()
-    assert load(first) == {"inflight": 0, "served": 0, "stats": {}}
+    assert load(first) == {"inflight": 0, "served": 0, "errors": 0, "stats": {}}
     assert (first["capacity"], first["queued"], first["draining"]) == (100, 0, False)
+    assert first["latency_ms"] == {"p50": None, "p99": None, "samples": 0}
     pair.client.call("/echo")
-    pair.client.call("/fail")
+    pair.client.call("/fail")  # its handler raises: answered 500, counted as an error
     blocked = gevent.spawn(pair.client.call, "/block")
     gate.next_arrival()
-    assert load(pair.client.ping()) == {"inflight": 1, "served": 2, "stats": {"served": 2}}
+    busy = pair.client.ping()
+    assert load(busy) == {"inflight": 1, "served": 2, "errors": 1, "stats": {"served": 2, "failed": 1}}
+    assert busy["latency_ms"]["samples"] == 2
+    assert 0 < busy["latency_ms"]["p50"] <= busy["latency_ms"]["p99"]
     gate.release.set()
     blocked.get(timeout=WAIT)
-    assert pair.client.ping()["served"] == 3
+    done = pair.client.ping()
+    assert (done["served"], done["errors"], done["latency_ms"]["samples"]) == (3, 1, 3)
+    assert done["latency_ms"]["p99"] >= busy["latency_ms"]["p99"]  # (the max of 3, then of 2 of them)
 
 
 def test_close_waits_for_the_replies_on_their_way_and_runs_their_callbacks(pair: ServicePair, gate: Gate) -> None:

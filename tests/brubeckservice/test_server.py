@@ -543,7 +543,8 @@ def test_pong_reports_the_workers_load_capacity_and_version(worker_of: Callable[
     info = raw.pong()
     assert info["uptime"] >= 0
     del info["uptime"]
-    assert info == {"inflight": 0, "queued": 0, "capacity": 3, "draining": False, "served": 0,
+    assert info == {"inflight": 0, "queued": 0, "capacity": 3, "draining": False, "served": 0, "errors": 0,
+                    "latency_ms": {"p50": None, "p99": None, "samples": 0},
                     "version": brubeck.__version__, "accepts": ["REQ", "PING", "CANCEL"],
                     "stats": {}}  # no `workers`: none were named
     raw.request("one")
@@ -552,7 +553,9 @@ def test_pong_reports_the_workers_load_capacity_and_version(worker_of: Callable[
     worker.board.release("one")
     assert raw.next().body == {"name": "one"}
     info = raw.pong()
-    assert (info["inflight"], info["served"], info["stats"]) == (0, 1, {"served": 1})
+    assert (info["inflight"], info["served"], info["errors"], info["stats"]) == (0, 1, 0, {"served": 1})
+    assert info["latency_ms"]["samples"] == 1
+    assert info["latency_ms"]["p50"] == info["latency_ms"]["p99"] > 0  # it waited for its release
 
 
 def test_capacity_is_the_apps_pool_size_unless_given(worker_of: Callable[..., Worker]) -> None:
