@@ -7,7 +7,7 @@ from brubeck.request import Request
 from brubeck.response import HTTPResponse, render
 
 # The version of the brubeck-service distribution, which ships both packages (pyproject.toml reads it here).
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "Brubeck",

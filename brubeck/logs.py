@@ -26,6 +26,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import IO, Any
 
 from brubeck import observe
@@ -51,31 +53,32 @@ def _maybe(value: object) -> object:
 
 
 def log_web(exchange: observe.WebExchange) -> None:
-    if WEB_LOG.isEnabledFor(logging.INFO):
-        size = "-" if exchange.size is None else f"{exchange.size}B"
-        WEB_LOG.info("%s %s %s %s %s %s trace %s", exchange.method, exchange.path, _maybe(exchange.status), size,
-                     _ms(exchange.duration), exchange.remote or "-", exchange.trace_id,
-                     extra={"exchange": exchange, "kind": "web"})
+    size = "-" if exchange.size is None else f"{exchange.size}B"
+    WEB_LOG.info("%s %s %s %s %s %s trace %s", exchange.method, exchange.path, _maybe(exchange.status), size,
+                 _ms(exchange.duration), exchange.remote or "-", exchange.trace_id,
+                 extra={"exchange": exchange, "kind": "web"})
 
 
 def log_served(served: observe.ServedRequest) -> None:
-    if SERVED_LOG.isEnabledFor(logging.INFO):
-        SERVED_LOG.info("%s %s %s %s %s %s trace %s", served.service, served.method, served.path,
-                        _maybe(served.status), served.outcome, _ms(served.duration), served.trace_id,
-                        extra={"exchange": served, "kind": "served"})
+    SERVED_LOG.info("%s %s %s %s %s %s trace %s", served.service, served.method, served.path,
+                    _maybe(served.status), served.outcome, _ms(served.duration), served.trace_id,
+                    extra={"exchange": served, "kind": "served"})
 
 
 def log_call(call: observe.CallMade) -> None:
-    if CALLS_LOG.isEnabledFor(logging.INFO):
-        failure = f" ({call.error})" if call.error else ""
-        CALLS_LOG.info("%s <- %s %s %s %s %s %s trace %s%s", call.service, call.worker or "-", call.method,
-                       call.path, _maybe(call.status), call.outcome, _ms(call.duration), call.trace_id, failure,
-                       extra={"exchange": call, "kind": "call"})
+    failure = f" ({call.error})" if call.error else ""
+    CALLS_LOG.info("%s <- %s %s %s %s %s %s trace %s%s", call.service, call.worker or "-", call.method,
+                   call.path, _maybe(call.status), call.outcome, _ms(call.duration), call.trace_id, failure,
+                   extra={"exchange": call, "kind": "call"})
 
 
-observe.watch("web", log_web)
-observe.watch("served", log_served)
-observe.watch("call", log_call)
+def _at_info(logger: logging.Logger) -> Callable[[], bool]:
+    return partial(logger.isEnabledFor, logging.INFO)
+
+
+observe.watch("web", log_web, _at_info(WEB_LOG))
+observe.watch("served", log_served, _at_info(SERVED_LOG))
+observe.watch("call", log_call, _at_info(CALLS_LOG))
 
 
 class JsonLinesFormatter(logging.Formatter):

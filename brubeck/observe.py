@@ -3,10 +3,12 @@
 
 Three points report: a web request answered (`WebExchange`, from the web transports), a service request
 served (`ServedRequest`, from `ServiceConnection`), and a service call made (`CallMade`, from
-`ServiceClient`). Each record is built only when someone watches that point, so an unwatched point costs
-one truth test of a list. Observers are process-wide, like loggers and Prometheus' default registry: add
-one with `watch(point, observer)`; it is called in the greenlet that finished the exchange and must not
-block. An observer that raises is logged (at most once a minute per observer) and the exchange goes on.
+`ServiceClient`). Each record is built only when an observer of that point wants it. Observers are
+process-wide, like loggers and Prometheus' default registry: add one with `watch(point, observer,
+enabled)`; it is called in the greenlet that finished the exchange and must not block. An observer that
+raises is logged (at most once a minute per observer) and the exchange goes on. Cost: a point whose
+observers are all disabled (the access loggers below INFO, no metrics) costs one call of `wanted()`; a
+record built and logged, some microseconds (README, performance).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ log = logging.getLogger("brubeck.observe")
 Point = Literal["web", "served", "call"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WebExchange:
     """A web request and what it was answered."""
 
@@ -36,7 +38,7 @@ class WebExchange:
     trace_id: str  # the W3C trace id the request was served under
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServedRequest:
     """A service request a worker ran (or dropped: see `outcome`)."""
 
@@ -50,7 +52,7 @@ class ServedRequest:
     trace_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallMade:
     """A service call a client made, and how it ended."""
 
@@ -67,30 +69,42 @@ class CallMade:
 
 
 Observer = Callable[[Any], object]
+#: An observer, and what says whether it wants records now (None: always), e.g. its logger's level.
+Watcher = tuple[Observer, Callable[[], bool] | None]
 
-#: The observers of each point (read by the reporting code: a list is cheap to test).
-WEB: list[Observer] = []
-SERVED: list[Observer] = []
-CALLS: list[Observer] = []
-_POINTS: dict[str, list[Observer]] = {"web": WEB, "served": SERVED, "call": CALLS}
+#: The observers of each point (the reporting code asks `wanted(...)` first: one cheap call).
+WEB: list[Watcher] = []
+SERVED: list[Watcher] = []
+CALLS: list[Watcher] = []
+_POINTS: dict[str, list[Watcher]] = {"web": WEB, "served": SERVED, "call": CALLS}
 _complained: dict[int, float] = {}
 
 
-def watch(point: Point, observer: Observer) -> Callable[[], None]:
-    """Call `observer(record)` for every exchange at `point`; returns a function that stops it."""
-    observers = _POINTS[point]
-    observers.append(observer)
+def watch(point: Point, observer: Observer, enabled: Callable[[], bool] | None = None) -> Callable[[], None]:
+    """Call `observer(record)` for every exchange at `point` (while `enabled()`, when given: a record is
+    built only when some observer is enabled); returns a function that stops it."""
+    watchers = _POINTS[point]
+    entry: Watcher = (observer, enabled)
+    watchers.append(entry)
 
     def stop() -> None:
-        if observer in observers:
-            observers.remove(observer)
+        if entry in watchers:
+            watchers.remove(entry)
 
     return stop
 
 
-def report(observers: list[Observer], record: object) -> None:
-    """Give `record` to each of `observers`; one that raises is logged, the others still run."""
-    for observer in tuple(observers):
+def wanted(watchers: list[Watcher]) -> bool:
+    """Whether any observer of a point wants a record now (so whether to build one)."""
+    return any(enabled is None or enabled() for _, enabled in watchers)
+
+
+def report(watchers: list[Watcher], record: object) -> None:
+    """Give `record` to each enabled observer of `watchers`; one that raises is logged (once a minute), the
+    others still run."""
+    for observer, enabled in tuple(watchers):
+        if enabled is not None and not enabled():
+            continue
         try:
             observer(record)
         except Exception:

@@ -225,12 +225,12 @@ class ServiceClient:
             try:
                 response: ServiceResponse = self._wait(call, limit)
             except BaseException as failed:
-                if observe.CALLS:
+                if observe.wanted(observe.CALLS):
                     self._observe(request, call, trace_id, started, failed)
                 raise
             if span is not None:
                 span.set_status_code(response.status_code)
-        if observe.CALLS:
+        if observe.wanted(observe.CALLS):
             self._observe(request, call, trace_id, started, response)
         return response
 
@@ -265,7 +265,7 @@ class ServiceClient:
             on_reply, on_error = self._ending(span, on_reply, on_error)
         build, trace_id = self._builder(request, limit, None if span is None else span.trace)
         call = Call(request.path, on_reply=on_reply, on_error=on_error, build=build, idempotent=idempotent)
-        if observe.CALLS:
+        if observe.wanted(observe.CALLS):
             on_reply, on_error = self._observing(request, call, trace_id, on_reply, on_error)
             call.on_reply, call.on_error = on_reply, on_error
         try:
@@ -273,7 +273,7 @@ class ServiceClient:
         except BaseException as refused:
             if span is not None:
                 span.end(refused)
-            if observe.CALLS:
+            if observe.wanted(observe.CALLS):
                 self._observe(request, call, trace_id, time.perf_counter(), refused)
             raise
 
@@ -342,7 +342,8 @@ class ServiceClient:
     def _observe(self, request: ServiceRequest, call: Call, trace_id: str, started: float,
                  ended: ServiceResponse | BaseException) -> None:
         """Tell the observers of calls (brubeck.observe: the access log, metrics) how this one ended."""
-        worker = call.worker.address if call.worker is not None else ""
+        held = call.worker or call.last_worker
+        worker = held.address if held is not None else ""
         if isinstance(ended, ServiceResponse):
             status, outcome, error = ended.status_code, "ok", ""
         else:

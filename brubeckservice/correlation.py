@@ -59,8 +59,8 @@ class Target(Protocol):
 class Call:
     """One outstanding call: a waiter (sync) or callbacks (nowait), and where it is in its life."""
 
-    __slots__ = ("attempts", "build", "built_at", "frames", "idempotent", "kind", "on_error", "on_reply", "path",
-                 "sent_at", "slot", "state", "waiter", "worker")
+    __slots__ = ("attempts", "build", "built_at", "frames", "idempotent", "kind", "last_worker", "on_error",
+                 "on_reply", "path", "sent_at", "slot", "state", "waiter", "worker")
 
     def __init__(self, path: str, waiter: Waiter | AsyncResult | None = None,
                  on_reply: ReplyCallback | None = None,
@@ -76,6 +76,7 @@ class Call:
         self.attempts = 0
         self.state = NEW
         self.worker: Any = None
+        self.last_worker: Any = None  # where it was in flight last, once it is no longer (for reports)
         self.frames: list[bytes] | None = None  # built once for the size check, reused when sent soon after
         self.built_at = 0.0
         self.sent_at = 0.0
@@ -211,6 +212,7 @@ class PendingCalls:
         if worker is not None:
             worker.inflight -= 1
             call.worker = None
+            call.last_worker = worker
         elif call.state == WAITING:
             self.waiting -= 1  # (its queue entry is skipped when it reaches the front)
         call.state = DONE

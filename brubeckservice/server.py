@@ -599,15 +599,14 @@ class ServiceConnection:
                 self.latencies.append(took)
                 if status >= 500:
                     self.stats["failed"] += 1  # answered with a server error (a handler that raised: 500)
-            if observe.SERVED:
-                self._observe(request, ctx, status, outcome, took)
+            self._observe(request, ctx, status, outcome, took)
             if self.draining:
                 self._progress.set()
 
     def _observe(self, request: ServiceRequest, ctx: RequestContext, status: int | None, outcome: str,
                  took: float) -> None:
         """Tell the observers of served requests (brubeck.observe: the access log, metrics)."""
-        if observe.SERVED:
+        if observe.wanted(observe.SERVED):
             observe.report(observe.SERVED, observe.ServedRequest(
                 service=self.service_addr, path=request.path, method=request.method, route=ctx.route,
                 status=status, outcome=outcome, duration=took, trace_id=ctx.trace_id))

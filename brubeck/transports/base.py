@@ -48,7 +48,7 @@ def serve_web(application: Application, request: Any, ctx: RequestContext) -> An
         response = application.handle(request)
         if span is not None and response is not None:
             span.set_status_code(_status_of(response))
-    if observe.WEB:
+    if observe.wanted(observe.WEB):
         _report(request, response, ctx, started)
     return response
 
