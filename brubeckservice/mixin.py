@@ -36,6 +36,28 @@ def registry(application: Application) -> dict[str, ServiceClient]:
     return services
 
 
+def register_service(application: Application, service_addr: str, service_response_addr: str | None = None,
+                     passphrase: Passphrases = "", **options: Any) -> ServiceClient:
+    """`ServiceClientMixin.register_service` outside any request (e.g. when the app is built, so that its
+    status page lists the service before the first call): the same client for the same address."""
+    services = registry(application)
+    client = services.get(service_addr)
+    if client is None:
+        app = application
+        options.setdefault("timeout", app.settings.get("service_timeout", DEFAULT_TIMEOUT))
+        options.setdefault("connect_timeout", app.settings.get("service_connect_timeout"))
+        client = ServiceClient(service_addr, service_response_addr, passphrase,
+                               on_reply=lambda response: handle_reply(app, response), **options)
+        services[service_addr] = client
+        # Brubeck apps take close hooks; an Application of another kind closes its clients itself.
+        # The app's `service_close_timeout` setting says how long closing waits for calls still out.
+        on_close: Callable[[Callable[[], object]], object] | None = getattr(app, "on_close", None)
+        if on_close is not None:
+            on_close(partial(client.close, app.settings.get("service_close_timeout")))
+        log.info("registered service at %s", service_addr)
+    return client
+
+
 def handle_reply(application: Application, response: ServiceResponse) -> Any:
     """Route a service reply through the application's handlers; returns what the handler returned."""
     return application.handle(response, base_handler=ServiceMessageHandler)
@@ -110,22 +132,7 @@ class ServiceClientMixin:
         setting, as each service has a key of its own). The app's `close()` (the end of `run()`) closes the
         client, waiting for its calls still out at most the app's `service_close_timeout` setting (else 5 s).
         """
-        services = registry(self.application)
-        client = services.get(service_addr)
-        if client is None:
-            app = self.application
-            options.setdefault("timeout", app.settings.get("service_timeout", DEFAULT_TIMEOUT))
-            options.setdefault("connect_timeout", app.settings.get("service_connect_timeout"))
-            client = ServiceClient(service_addr, service_response_addr, passphrase,
-                                   on_reply=lambda response: handle_reply(app, response), **options)
-            services[service_addr] = client
-            # Brubeck apps take close hooks; an Application of another kind closes its clients itself.
-            # The app's `service_close_timeout` setting says how long closing waits for calls still out.
-            on_close: Callable[[Callable[[], object]], object] | None = getattr(app, "on_close", None)
-            if on_close is not None:
-                on_close(partial(client.close, app.settings.get("service_close_timeout")))
-            log.info("registered service at %s", service_addr)
-        return client
+        return register_service(self.application, service_addr, service_response_addr, passphrase, **options)
 
     def service_client(self, service_addr: str) -> ServiceClient:
         client = registry(self.application).get(service_addr)

@@ -9,6 +9,8 @@
     /service/forwarded  hands the request to the service, which answers the browser itself through
                       Mongrel2 (`forward_to_service`): this app sends nothing
     /service/streamed   the same, the service sending its page in pieces as it goes (chunked)
+    /status           the service's workers live: state, load, counters, latency (brubeckservice.statuspage;
+                      its data at /status?format=json)
 
 Behind Mongrel2 (demos/mongrel2.conf's handler) by default; `--wsgi` serves HTTP itself on port 6767 (or
 `--port`), for machines without Mongrel2. `--dir DIR` names the directory the relative ipc:// addresses of
@@ -16,8 +18,10 @@ Mongrel2's handler and of the service resolve in (default demos/var/). `--forwar
 the service knows demos/mongrel2.conf's server by (default brubeck-demo). `demos/run` starts everything, in a
 directory of its own per port; see the README.
 
-Every page it answers is logged with the status it sent ("GET /no/such/page -> 404 Not Found"): Mongrel2's
-access log cannot say, since it logs 200 for every request the moment it hands it to a handler.
+Every page it answers is one line of its access log (`brubeck.access`, docs/operating.md), with the status it
+sent ("GET /no/such/page 404 ..."): Mongrel2's access log cannot say, since it logs 200 for every request
+the moment it hands it to a handler. The status page's own requests (it polls once a second) are logged
+only when they fail.
 
 The handlers are written in the 2013 brubeck-service style (`Jinja2Rendering, ServiceClientMixin,
 WebMessageHandler`); a service that times out or cannot be reached gets an error page, not a traceback.
@@ -40,9 +44,9 @@ from typing import Any
 from brubeck.connections import Mongrel2Connection, WSGIConnection
 from brubeck.request_handling import Brubeck, HTTPResponse, WebMessageHandler
 from brubeck.templating import Jinja2Rendering, load_jinja2_env
-from brubeck.types import HandlerClass
 from brubeckservice.base import (
     RemoteServiceError,
+    ServiceClient,
     ServiceClientMixin,
     ServiceError,
     ServiceMessageHandler,
@@ -50,6 +54,8 @@ from brubeckservice.base import (
     ServiceTimeout,
     ServiceUnavailable,
 )
+from brubeckservice.mixin import register_service
+from brubeckservice.statuspage import ServiceStatusHandler
 
 DEMOS_DIR = Path(__file__).resolve().parent
 # As in demo_service.py: the relative ipc:// addresses resolve in the runtime directory, by default
@@ -61,6 +67,8 @@ TEMPLATES_DIR = DEMOS_DIR / "templates"
 # recv_spec; we connect to both.
 MONGREL2_SEND_SPEC = "ipc://run/requests"
 MONGREL2_RECV_SPEC = "ipc://run/replies"
+
+STATUS_PATH = "/status"
 
 SERVICE_ADDR = "ipc://run/slow"
 SERVICE_RESPONSE_ADDR = "ipc://run/slow_response"
@@ -131,13 +139,18 @@ def handoffs(application: Any) -> Handoffs:
     return found
 
 
+def connect_service(app: Any) -> ServiceClient:
+    """The app's client of the demo's service (made once, closed by the app's close())."""
+    return register_service(app, SERVICE_ADDR, SERVICE_RESPONSE_ADDR, PASSPHRASE, timeout=SERVICE_TIMEOUT,
+                            connect_timeout=CONNECT_TIMEOUT)
+
+
 class DemoPage(Jinja2Rendering, ServiceClientMixin, WebMessageHandler):
     """What the demo's pages share: the service connection, and the error page for a failed call."""
 
-    def connect_service(self) -> None:
-        # Idempotent: the first request of the app connects, the others reuse that connection.
-        self.register_service(SERVICE_ADDR, SERVICE_RESPONSE_ADDR, PASSPHRASE, timeout=SERVICE_TIMEOUT,
-                              connect_timeout=CONNECT_TIMEOUT)
+    def connect_service(self) -> ServiceClient:
+        # Idempotent: the app connected at start-up (build_app); every request gets that same client.
+        return connect_service(self.application)
 
     def service_error(self, err: ServiceError) -> HTTPResponse:
         """The errors page for a failed call, with what went wrong in words (the status line stays short)."""
@@ -238,16 +251,6 @@ class ServiceResponseHandler(ServiceMessageHandler):
         return self.render()
 
 
-class DemoApp(Brubeck):
-    """The web app; it logs each page it answers with the status it sent, which Mongrel2 cannot log."""
-
-    def handle(self, message: Any, base_handler: HandlerClass | None = None) -> Any:
-        response = super().handle(message, base_handler)
-        if isinstance(response, HTTPResponse):  # not a service's reply, which is handled here too
-            log.info("%s %s -> %d %s", message.method, message.path, response.status_code, response.status_msg)
-        return response
-
-
 def build_app(use_wsgi: bool, port: int, forward_server: str = "brubeck-demo") -> Brubeck:
     msg_conn: Mongrel2Connection | WSGIConnection
     if use_wsgi:
@@ -256,12 +259,13 @@ def build_app(use_wsgi: bool, port: int, forward_server: str = "brubeck-demo") -
     else:
         msg_conn = Mongrel2Connection(MONGREL2_SEND_SPEC, MONGREL2_RECV_SPEC)
         transport = "behind Mongrel2"
-    app = DemoApp(msg_conn=msg_conn,
+    app = Brubeck(msg_conn=msg_conn,
                   handler_tuples=[(r'^/$', IndexHandler),
                                   (r'^/service/sync$', SyncHandler),
                                   (r'^/service/async$', AsyncHandler),
                                   (r'^/service/forwarded$', ForwardedHandler),
-                                  (r'^/service/streamed$', StreamedHandler)],
+                                  (r'^/service/streamed$', StreamedHandler),
+                                  (rf'^{STATUS_PATH}$', ServiceStatusHandler)],
                   # Unrouted requests (404, 405) get the demo's error page too.
                   base_handler=DemoPage,
                   template_loader=load_jinja2_env(str(TEMPLATES_DIR)),
@@ -276,7 +280,16 @@ def build_app(use_wsgi: bool, port: int, forward_server: str = "brubeck-demo") -
     # Only for replies (METHOD response): a browser asking for /service/slow gets a 405 page instead of
     # reaching a handler that can only answer the service.
     app.add_route_rule(r'^/service/slow', ServiceResponseHandler, method='response')
+    connect_service(app)  # now, not at the first call: the status page lists the service from the start
     return app
+
+
+class QuietStatusPolls(logging.Filter):
+    """Leaves the status page's answered requests (a poll a second) out of the access log; not its errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exchange = getattr(record, "exchange", None)
+        return not (getattr(exchange, "path", None) == STATUS_PATH and getattr(exchange, "status", None) == 200)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -290,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    logging.getLogger("brubeck.access").addFilter(QuietStatusPolls())
     runtime_dir = args.dir.resolve()
     (runtime_dir / "run").mkdir(parents=True, exist_ok=True)
     os.chdir(runtime_dir)

@@ -6,8 +6,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from brubeck.testing import Mongrel2Server, dnsmasq_available, mongrel2_available
+from tests.browser import CHROMIUM_ARGS, chromium_path, require
 
 
 @pytest.fixture
@@ -44,3 +46,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "mongrel2_required" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.mongrel2)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, for one test module (fails without it when CI is set)."""
+    executable = chromium_path()
+    require(executable is not None, "chromium is not installed (apt-get install chromium)")
+    assert executable is not None
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser context's page, 1100x800, with a 10 s default timeout."""
+    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    yield page
+    context.close()

@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LOWEST = ROOT / ".ci" / "lowest-versions.txt"
 # The test tools the lowest-versions job runs with (it runs pytest; the tests import requests and hypothesis).
-LOWEST_JOB_TEST_TOOLS = {"pytest", "requests", "hypothesis", "opentelemetry-sdk"}
-#: Extras whose lower bounds the lowest job proves too (the SDK of the test extra pulls the `otel` API in).
-LOWEST_JOB_EXTRAS = {"otel"}
+LOWEST_JOB_TEST_TOOLS = {"pytest", "requests", "hypothesis", "opentelemetry-sdk", "prometheus_client"}
+#: Extras whose lower bounds the lowest job proves too (the SDK of the test extra pulls the `otel` API in, and
+#: the test extra names prometheus_client, the `metrics` extra, itself).
+LOWEST_JOB_EXTRAS = {"otel", "metrics"}
 
 
 def lower_bounds(requirements: list[str]) -> dict[str, str]:

@@ -10,67 +10,17 @@ Screenshots of each page are written to /tmp/demo-*.png.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
+from tests.browser import shot
 from tests.demos.conftest import DELAY
 from tests.demos.helpers import START_TIMEOUT, RunningDemo, demo_leftovers
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
 pytestmark = [pytest.mark.browser, pytest.mark.mongrel2]
-
-
-def require(available: bool, reason: str) -> None:
-    """Skip without the tool, but fail when CI is set: CI must run these tests."""
-    if available:
-        return
-    if "CI" in os.environ:
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-def chromium_path() -> str | None:
-    """Debian's chromium (never a browser downloaded by `playwright install`)."""
-    found = shutil.which("chromium")
-    if found is None and Path("/usr/bin/chromium").exists():
-        found = "/usr/bin/chromium"
-    return found
-
-
-# -- fixtures --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    executable = chromium_path()
-    require(executable is not None, "chromium is not installed (apt-get install chromium)")
-    assert executable is not None
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1100, "height": 800})
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    yield page
-    context.close()
-
-
-def shot(page: Page, name: str) -> None:
-    page.screenshot(path=f"/tmp/demo-{name}.png", full_page=True)
 
 
 # -- tests -----------------------------------------------------------------------------------------------

@@ -1,0 +1,76 @@
+"""The demo's status page (brubeckservice.statuspage) in Chromium, behind the real Mongrel2 of `demos/run`.
+
+It lists the demo's service from the start (the app registers it when it is built), shows its worker
+alive, and, as calls are made, the worker's served count and its latency chart grow. The screenshot is
+written to /tmp/demo-status.png, and to $ARTIFACTS_DIR when that is set.
+"""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from playwright.sync_api import Page
+
+from tests.browser import shot
+from tests.demos.conftest import DELAY
+from tests.demos.helpers import RunningDemo
+
+pytestmark = [pytest.mark.browser, pytest.mark.mongrel2]
+
+SERVICE = "ipc://run/slow"  # as demo_service_client.py registers it
+SECTION = f'section.service[data-address="{SERVICE}"]'
+WORKER = f"{SECTION} tr.worker"
+CALLS = 3
+#: Milliseconds to wait for what takes one service delay (and a heartbeat or two) to happen.
+WAIT_MS = DELAY * 5 * 1000
+
+
+def chart_points() -> str:
+    """A page function: how many points the worker's latency line has."""
+    return f"Number(document.querySelector('{SECTION} polyline')?.dataset.points ?? -1)"
+
+
+def test_the_status_page_watches_the_demos_service(demo: RunningDemo, page: Page) -> None:
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(f"{message.text} ({message.location['url']})")
+            if message.type == "error" and not message.location["url"].endswith("/favicon.ico") else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+
+    page.goto(demo.url)
+    page.click("#status-link")
+    page.wait_for_url("**/status")
+    assert page.locator("h1").inner_text() == "Service status"
+    # The service is listed before any page called it; its worker comes up, having served nothing yet.
+    page.wait_for_function(f"() => document.querySelector('{WORKER} td.state')?.textContent === 'alive'",
+                           timeout=WAIT_MS)
+    row = page.locator(WORKER)
+    assert row.locator(".badge").get_attribute("class") == "badge s-alive"
+    page.wait_for_function(f"() => document.querySelector('{WORKER} td.served')?.textContent === '0'",
+                           timeout=WAIT_MS)
+    assert page.evaluate(f"() => {chart_points()}") == 0  # no round trip yet
+    assert row.locator("td.version").inner_text() != "\u2013"
+
+    # Calls handed off (answered at once); the worker serves them one delay later.
+    for _ in range(CALLS):
+        assert requests.get(demo.url + "service/async", timeout=10).status_code == 200
+    page.wait_for_function(f"() => document.querySelector('{WORKER} td.served')?.textContent === '{CALLS}'",
+                           timeout=WAIT_MS)
+    page.wait_for_function(f"() => {chart_points()} >= 1", timeout=WAIT_MS)
+    first = page.evaluate(f"() => {chart_points()}")
+    # One point a poll (one a second) while the chart is not full.
+    page.wait_for_function(f"() => {chart_points()} >= {first + 3}", timeout=10_000)
+    p50 = float(row.locator("td.latency").inner_text().split(" ms")[0])
+    assert DELAY * 1000 * 0.95 <= p50 < DELAY * 1000 * 1.8
+    assert page.locator("[data-stat=replies] b").inner_text() == str(CALLS)
+    assert page.locator("[data-stat=timeouts]").get_attribute("class") == "stat"  # none: not highlighted
+    shot(page, "status")  # (and to $ARTIFACTS_DIR)
+
+    # The data behind it, as any client may read it.
+    data = requests.get(demo.url + "status?format=json", timeout=10).json()
+    (service,) = data["services"]
+    assert service["address"] == SERVICE and service["stats"]["replies"] == CALLS
+    (worker,) = service["workers"]
+    assert worker["state"] == "alive" and worker["served"] == CALLS and worker["errors"] == 0
+    assert problems == []
+    # Its polls stay out of the web app's log (Mongrel2 logs every request it hands on).
+    assert not [line for line in demo.output().splitlines() if line.startswith("[client]") and "/status" in line]
