@@ -9,6 +9,7 @@
     /service/forwarded  hands the request to the service, which answers the browser itself through
                       Mongrel2 (`forward_to_service`): this app sends nothing
     /service/streamed   the same, the service sending its page in pieces as it goes (chunked)
+    /metrics          Prometheus metrics of the pages and the calls (with the `metrics` extra)
     /status           the service's workers live: state, load, counters, latency (brubeckservice.statuspage;
                       its data at /status?format=json)
 
@@ -41,7 +42,10 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import brubeckservice.metrics
 from brubeck.connections import Mongrel2Connection, WSGIConnection
+from brubeck.errors import ConfigurationError
+from brubeck.metrics import MetricsHandler
 from brubeck.request_handling import Brubeck, HTTPResponse, WebMessageHandler
 from brubeck.templating import Jinja2Rendering, load_jinja2_env
 from brubeckservice.base import (
@@ -281,7 +285,19 @@ def build_app(use_wsgi: bool, port: int, forward_server: str = "brubeck-demo") -
     # reaching a handler that can only answer the service.
     app.add_route_rule(r'^/service/slow', ServiceResponseHandler, method='response')
     connect_service(app)  # now, not at the first call: the status page lists the service from the start
+    expose_metrics(app)
     return app
+
+
+def expose_metrics(app: Brubeck) -> None:
+    """Prometheus metrics of this app's pages and of its calls to the service, at /metrics (docs/metrics.md),
+    when the `metrics` extra is installed (demos/run installs it)."""
+    try:
+        brubeckservice.metrics.enable()
+    except ConfigurationError as missing:
+        log.warning("no /metrics: %s", missing)
+        return
+    app.add_route_rule(r'^/metrics$', MetricsHandler, method='GET')
 
 
 class QuietStatusPolls(logging.Filter):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import requests
 from playwright.sync_api import Page
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.browser import shot
 from tests.demos.conftest import DELAY
@@ -72,5 +73,19 @@ def test_the_status_page_watches_the_demos_service(demo: RunningDemo, page: Page
     (worker,) = service["workers"]
     assert worker["state"] == "alive" and worker["served"] == CALLS and worker["errors"] == 0
     assert problems == []
+    # The same calls, as Prometheus scrapes them from the web app (the demo installs the metrics extra).
+    scraped = requests.get(demo.url + "metrics", timeout=10)
+    assert scraped.status_code == 200 and scraped.headers["Content-Type"].startswith("text/plain")
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(scraped.text) for sample in family.samples}
+    calls = {labels: value for (name, labels), value in samples.items() if name == "brubeckservice_calls_total"}
+    assert sum(calls.values()) == CALLS
+    assert all(dict(labels)["outcome"] == "ok" and dict(labels)["status"] == "200" for labels in calls)
+    handed_off = [value for (name, labels), value in samples.items() if name == "brubeck_http_requests_total"
+                  and dict(labels)["route"] == "^/service/async$" and dict(labels)["status"] == "200"]
+    assert handed_off == [CALLS]
+    alive = [value for (name, labels), value in samples.items()
+             if name == "brubeckservice_workers" and dict(labels) == {"service": SERVICE, "state": "alive"}]
+    assert alive == [1]
     # Its polls stay out of the web app's log (Mongrel2 logs every request it hands on).
     assert not [line for line in demo.output().splitlines() if line.startswith("[client]") and "/status" in line]
