@@ -36,8 +36,13 @@ def pump(tag: str, stream: IO[str]) -> None:
             emit(tag, line.rstrip("\n"))
 
 
-def access_line(line: str) -> str:
-    """Mongrel2's access log line (a tnetstring list) in words: "127.0.0.1 GET /path HTTP/1.1 (...)".
+#: Paths whose requests are not echoed: the status page polls its data once a second.
+QUIET_PATHS = frozenset({b"/status", "/status"})  # (bytes as tnetstring reads them)
+
+
+def access_line(line: str) -> str | None:
+    """Mongrel2's access log line (a tnetstring list) in words: "127.0.0.1 GET /path HTTP/1.1 (...)"; None
+    for a request to one of QUIET_PATHS.
 
     Without the status it records, which is not the response's: for a request routed to a handler, Mongrel2
     1.12.2 logs 200, and the request body's size, the moment it hands the request on (src/connection.c,
@@ -48,6 +53,8 @@ def access_line(line: str) -> str:
         _host, remote_addr, _port, _time, method, path, version, *_ = tnetstring.loads(line.encode())
     except Exception:  # a line we cannot read is shown as it is
         return line
+    if path in QUIET_PATHS:
+        return None
     words = " ".join(str(part, "utf-8", "replace") if isinstance(part, bytes) else str(part)
                      for part in (remote_addr, method, path, version))
     return f"{words} (handed to the web app)"
@@ -83,7 +90,9 @@ class LogFollower(threading.Thread):
                 self.offsets[path] = start + len(complete)
                 for line in complete.decode(errors="replace").splitlines():
                     if line.strip():
-                        emit(self.tag, access_line(line) if path == self.access_log else line)
+                        shown = access_line(line) if path == self.access_log else line
+                        if shown is not None:
+                            emit(self.tag, shown)
 
     def stop(self) -> None:
         self.done.set()
