@@ -608,8 +608,9 @@ class ServiceConnection:
         """Tell the observers of served requests (brubeck.observe: the access log, metrics)."""
         if observe.wanted(observe.SERVED):
             observe.report(observe.SERVED, observe.ServedRequest(
-                service=self.bound[0] if self.bound else self.service_addr, path=request.path, method=request.method, route=ctx.route,
-                status=status, outcome=outcome, duration=took, trace_id=ctx.trace_id))
+                service=self.bound[0] if self.bound else self.service_addr, path=request.path,
+                method=request.method, route=ctx.route, status=status, outcome=outcome, duration=took,
+                trace_id=ctx.trace_id))
 
     def reply(self, message: Any, response: Any) -> None:
         """Send `response` to the caller of `message` (a handler may call this later itself); for a

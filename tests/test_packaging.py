@@ -68,3 +68,12 @@ def test_one_version_for_the_distribution_both_packages_and_the_readme() -> None
     assert brubeck.__version__ == installed
     assert brubeckservice.__version__ == installed
     assert f"brubeck-service {installed}" in (ROOT / "README.md").read_text()
+
+
+def test_every_package_directory_is_shipped() -> None:
+    """A subpackage missing from [tool.setuptools] packages works in an editable install and is absent from
+    the wheel: every directory with an __init__.py must be listed."""
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT).parts) for top in ("brubeck", "brubeckservice")
+             for init in (ROOT / top).rglob("__init__.py")}
+    assert found == listed

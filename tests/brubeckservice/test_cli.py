@@ -1,6 +1,8 @@
-"""`brubeck-service keygen` (brubeckservice/cli.py), run in this process through `cli.main`.
+"""`brubeck-service keygen`, and the usage errors and help of `ping`, `call` and `status` (brubeckservice/cli/),
+run in this process through `cli.main`.
 
-(`brubeck-service run`'s command line is tested beside the supervisor, in test_supervisor.py.)
+(`brubeck-service run`'s command line is tested beside the supervisor, in test_supervisor.py; `ping`, `call`
+and `status` against real services in test_cli_operate.py.)
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 from zmq.auth.certs import load_certificate
 
 from brubeckservice.cli import FAILURE, OK, USAGE, main
+from brubeckservice.cli.client_options import PASSPHRASE_ENV
 from brubeckservice.curve import CurveClient, CurveServer
 
 
@@ -82,3 +85,92 @@ def test_keygen_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "keygen" in capsys.readouterr().out
+
+
+# -- ping, call, status: what is refused before anything connects --------------------------------------------
+
+def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What `main(argv)` says on stderr as it exits with USAGE."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == USAGE
+    return capsys.readouterr().err
+
+
+@pytest.fixture
+def passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PASSPHRASE_ENV, "my_shared_secret")
+
+
+@pytest.mark.parametrize("arguments", ["[1, 2]", '"text"', "3", "null"])
+def test_call_arguments_must_be_a_json_object(arguments: str, passphrase: None,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error(["call", "tcp://127.0.0.1:6000", "/echo", "request", arguments], capsys)
+    assert f"JSON {arguments!r}: the arguments must be a JSON object, e.g. '{{\"name\": \"ada\"}}'" in err
+    if arguments != "null":  # (METHOD may be left out before JSON that does not look like a method name)
+        assert "must be a JSON object" in usage_error(["call", "tcp://127.0.0.1:6000", "/echo", arguments], capsys)
+
+
+def test_call_arguments_must_parse(passphrase: None, capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error(["call", "tcp://127.0.0.1:6000", "/echo", "{name: 1}"], capsys)
+    assert "JSON '{name: 1}' does not parse: Expecting property name enclosed in double quotes" in err
+
+
+def test_call_headers_are_name_equals_value(passphrase: None, capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error(["call", "tcp://127.0.0.1:6000", "/echo", "--header", "X-Trace"], capsys)
+    assert "argument --header/-H: 'X-Trace': NAME=VALUE" in err
+
+
+@pytest.mark.parametrize("command", [["ping"], ["call"], ["status"]])
+def test_a_passphrase_is_required(command: list[str], monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    argv = [*command, "tcp://127.0.0.1:6000", *(["/echo"] if command == ["call"] else [])]
+    assert f"no passphrase: set ${PASSPHRASE_ENV}, or give --passphrase-file FILE" in usage_error(argv, capsys)
+    monkeypatch.setenv(PASSPHRASE_ENV, "")
+    assert "no passphrase" in usage_error(argv, capsys)
+
+
+def test_a_passphrase_file_must_be_readable_and_say_something(short_tmp: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    err = usage_error(["ping", "tcp://127.0.0.1:6000", "--passphrase-file", str(short_tmp / "nowhere")], capsys)
+    assert f"--passphrase-file {short_tmp}/nowhere: cannot read it: No such file or directory" in err
+    empty = short_tmp / "empty"
+    empty.write_text("\nthe passphrase is the first line\n")
+    err = usage_error(["ping", "tcp://127.0.0.1:6000", "--passphrase-file", str(empty)], capsys)
+    assert f"--passphrase-file {empty}: its first line is empty" in err
+
+
+def test_curve_needs_both_keys(short_tmp: Path, passphrase: None, capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error(["status", "tcp://127.0.0.1:6000", "--curve-key", str(short_tmp / "web.key_secret")], capsys)
+    assert "CURVE needs both --curve-server-key FILE" in err
+    err = usage_error(["status", "tcp://127.0.0.1:6000", "--curve-key", str(short_tmp / "web.key_secret"),
+                       "--curve-server-key", str(short_tmp / "server.key")], capsys)
+    assert "cannot read CURVE" in err
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:6000", "http://example.com", "tcp://127.0.0.1:6000,nowhere"])
+def test_an_address_a_client_cannot_connect_to_is_a_usage_error(address: str, passphrase: None,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert "pick tcp://HOST:PORT, ipc://PATH or srv://NAME" in usage_error(["status", address], capsys)
+
+
+@pytest.mark.parametrize(("command", "usage", "statuses"), [
+    ("ping", "usage: brubeck-service ping [-h] [--timeout SECONDS] [--json]",
+     "0 it answered, 1 no answer"),
+    ("call", "usage: brubeck-service call [-h] [--timeout SECONDS] [--header NAME=VALUE] [--json] "
+             "[--passphrase-file FILE] [--curve-server-key FILE] [--curve-key FILE] [--verbose] ADDR PATH [METHOD] "
+             "[JSON]",
+     "3 it answered with 400 or"),
+    ("status", "usage: brubeck-service status [-h] [--timeout SECONDS] [--json]",
+     "0 every worker alive, 3 some worker not alive (degraded), 1 none alive"),
+])
+def test_operator_commands_help(command: str, usage: str, statuses: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == OK
+    out = " ".join(capsys.readouterr().out.split())  # (argparse wraps to the terminal's width)
+    assert out.startswith(usage)
+    assert statuses in out
+    assert f"the passphrase comes from ${PASSPHRASE_ENV}, or from the first line of --passphrase-file FILE" in out
