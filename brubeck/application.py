@@ -115,7 +115,7 @@ class Brubeck:
         except NoRoute as missing:
             return self._no_route(message, missing, base)
         ctx = current_context()
-        if ctx is not None:
+        if ctx is not None and not ctx.route:  # (a service's reply routed while serving keeps the request's)
             ctx.route = match.route.pattern.pattern
         target: Any = match.route.target
         if isinstance(target, type) and issubclass(target, MessageHandler):

@@ -11,11 +11,21 @@ from collections.abc import Iterator
 
 import gevent
 import pytest
+import requests
+from gevent.pool import Pool
 
 from brubeck import logs, observe
+from brubeck.application import Brubeck
+from brubeck.handlers import WebMessageHandler
 from brubeck.logs import JsonLinesFormatter
+from brubeck.response import HTTPResponse
+from brubeck.transports.wsgi import WSGIConnection
 from brubeckservice.errors import ServiceCancelled, ServiceTimeout
+from brubeckservice.handlers import ServiceMessageHandler
+from brubeckservice.mixin import ServiceClientMixin
+from brubeckservice.models import ServiceResponse
 from brubeckservice.testing import ServicePair
+from tests.brubeck.http_client import in_thread
 from tests.brubeckservice.helpers import PASSPHRASE, ROUTES, WAIT, Gate, wait_until
 
 #: SERVICE METHOD PATH STATUS OUTCOME DURATION trace TRACE_ID
@@ -139,3 +149,43 @@ def test_an_observer_that_fails_is_logged_and_the_call_goes_on(pair: ServicePair
     assert len(complaints) == 1 and "observer bug" in (complaints[0].exc_text or "")  # once a minute
     pair.client.call("/echo")
     assert len(seen) == 2  # stopped watching
+
+
+def test_a_web_request_that_calls_a_service_keeps_its_own_route(pair: ServicePair) -> None:
+    """The service's reply is routed through the web app too (to its response handler): the web line and
+    its metrics label must still name the page's route, and all three lines one trace."""
+    lines = Captured()
+    loggers = [logs.WEB_LOG, logs.SERVED_LOG, logs.CALLS_LOG]
+    for logger in loggers:
+        logger.setLevel(logging.INFO)
+        logger.addHandler(lines.handlers[1])
+
+    class Page(ServiceClientMixin, WebMessageHandler):
+        def get(self) -> HTTPResponse:
+            self.register_service(pair.address, None, PASSPHRASE, context=pair.context)
+            reply, _ = self.send_service_request(pair.address, self.create_service_request("/echo"))
+            self.set_body(f"{reply.status_code}\n")
+            return self.render()
+
+    class Replied(ServiceMessageHandler):
+        def response(self) -> ServiceResponse:
+            return self.render()
+
+    connection = WSGIConnection(port=0, host="127.0.0.1")
+    web = Brubeck(msg_conn=connection, handler_tuples=[(r"^/page$", Page)], pool=Pool())
+    web.add_route_rule(r"^/echo", Replied, method="response")  # (the reply is routed here, as in 2013)
+    connection.start(web)
+    try:
+        answered = in_thread(requests.get, f"http://127.0.0.1:{connection.port}/page", timeout=WAIT)
+        assert answered.text == "200\n"
+        wait_until(lambda: len(lines.items("web")) == 1, "the web line")
+    finally:
+        web.close()
+        for logger in loggers:
+            logger.removeHandler(lines.handlers[1])
+            logger.setLevel(logging.NOTSET)
+    (page,) = lines.items("web")
+    (served,) = lines.items("served")
+    (call,) = lines.items("call")
+    assert (page["route"], page["status"]) == ("^/page$", 200)
+    assert page["trace_id"] == call["trace_id"] == served["trace_id"]
