@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -52,23 +53,33 @@ def _maybe(value: object) -> object:
     return "-" if value is None else value
 
 
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _field(text: str) -> str:
+    """A text line's field as one token: whitespace and control characters %-escaped, so that what a
+    client sends (a path, an X-Forwarded-For) cannot forge fields or lines; "-" for nothing."""
+    return _UNSAFE.sub(lambda found: f"%{ord(found.group()):02X}", text) if text else "-"
+
+
 def log_web(exchange: observe.WebExchange) -> None:
     size = "-" if exchange.size is None else f"{exchange.size}B"
-    WEB_LOG.info("%s %s %s %s %s %s trace %s", exchange.method, exchange.path, _maybe(exchange.status), size,
-                 _ms(exchange.duration), exchange.remote or "-", exchange.trace_id,
+    WEB_LOG.info("%s %s %s %s %s %s trace %s", _field(exchange.method), _field(exchange.path),
+                 _maybe(exchange.status), size, _ms(exchange.duration), _field(exchange.remote), exchange.trace_id,
                  extra={"exchange": exchange, "kind": "web"})
 
 
 def log_served(served: observe.ServedRequest) -> None:
-    SERVED_LOG.info("%s %s %s %s %s %s trace %s", served.service, served.method, served.path,
+    SERVED_LOG.info("%s %s %s %s %s %s trace %s", served.service, _field(served.method), _field(served.path),
                     _maybe(served.status), served.outcome, _ms(served.duration), served.trace_id,
                     extra={"exchange": served, "kind": "served"})
 
 
 def log_call(call: observe.CallMade) -> None:
-    failure = f" ({call.error})" if call.error else ""
-    CALLS_LOG.info("%s <- %s %s %s %s %s %s trace %s%s", call.service, call.worker or "-", call.method,
-                   call.path, _maybe(call.status), call.outcome, _ms(call.duration), call.trace_id, failure,
+    failure = f" ({_CONTROL.sub('?', call.error)})" if call.error else ""
+    CALLS_LOG.info("%s <- %s %s %s %s %s %s trace %s%s", call.service, call.worker or "-", _field(call.method),
+                   _field(call.path), _maybe(call.status), call.outcome, _ms(call.duration), call.trace_id, failure,
                    extra={"exchange": call, "kind": "call"})
 
 
@@ -103,7 +114,8 @@ class JsonLinesFormatter(logging.Formatter):
             item["kind"] = getattr(record, "kind", "")
             for field in dataclasses.fields(exchange):
                 item[field.name] = getattr(exchange, field.name)
-            item["duration_ms"] = round(item.pop("duration") * 1000, 3)
+            if isinstance(item.get("duration"), float):
+                item["duration_ms"] = round(item.pop("duration") * 1000, 3)
         if record.exc_info:
             item["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:

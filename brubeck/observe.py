@@ -96,19 +96,34 @@ def watch(point: Point, observer: Observer, enabled: Callable[[], bool] | None =
 
 def wanted(watchers: list[Watcher]) -> bool:
     """Whether any observer of a point wants a record now (so whether to build one)."""
-    return any(enabled is None or enabled() for _, enabled in watchers)
+    return any(_on(observer, enabled) for observer, enabled in watchers)
+
+
+def _on(observer: Observer, enabled: Callable[[], bool] | None) -> bool:
+    """Whether `observer` wants records now; a predicate that raises counts as no (and is logged)."""
+    if enabled is None:
+        return True
+    try:
+        return bool(enabled())
+    except Exception:
+        _complain(observer, "its enabled() check")
+        return False
+
+
+def _complain(observer: Observer, what: object) -> None:
+    now = time.monotonic()
+    if now - _complained.get(id(observer), -60.0) >= 60.0:
+        _complained[id(observer)] = now
+        log.exception("observer %r failed on %r (logged once a minute)", observer, what)
 
 
 def report(watchers: list[Watcher], record: object) -> None:
     """Give `record` to each enabled observer of `watchers`; one that raises is logged (once a minute), the
     others still run."""
     for observer, enabled in tuple(watchers):
-        if enabled is not None and not enabled():
+        if not _on(observer, enabled):
             continue
         try:
             observer(record)
         except Exception:
-            now = time.monotonic()
-            if now - _complained.get(id(observer), -60.0) >= 60.0:
-                _complained[id(observer)] = now
-                log.exception("observer %r failed on %r (logged once a minute)", observer, record)
+            _complain(observer, record)

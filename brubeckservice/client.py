@@ -88,7 +88,7 @@ LIVE_CLIENTS: weakref.WeakSet[ServiceClient] = weakref.WeakSet()
 
 def _outcome(error: BaseException) -> str:
     """How a failed call ended, in a word (brubeck.observe.CallMade.outcome)."""
-    if isinstance(error, ServiceTimeout):
+    if isinstance(error, (ServiceTimeout, gevent.Timeout)):
         return "timeout"
     if isinstance(error, (ServiceCancelled, Cancelled, gevent.GreenletExit)):
         return "cancelled"
@@ -147,7 +147,6 @@ class ServiceClient:
         self._own_context = context is None
         self.context = context if context is not None else zmq.Context()
         self._closing = False  # close() began: no new calls
-        LIVE_CLIENTS.add(self)
         self._closed = False  # close() is done waiting: everything still out fails
         self._expiry_changed = Event()
         self._flusher: gevent.Greenlet[Any, Any] | None = None
@@ -161,6 +160,7 @@ class ServiceClient:
                                heartbeat=heartbeat, heartbeat_timeout=heartbeat_timeout, resolver=resolver,
                                resolve_interval=resolve_interval, max_reply_size=self.max_reply_size, curve=curve)
         self._reaper = gevent.spawn(self._reap)
+        LIVE_CLIENTS.add(self)  # (last: only a client built whole is listed)
 
     def __repr__(self) -> str:
         return f"ServiceClient({','.join(self.addresses)!r}, pending={len(self.calls)})"
@@ -215,9 +215,9 @@ class ServiceClient:
         signature), ProtocolError (the reply is malformed). A reply with an error status is returned, not
         raised: see `ServiceResponse.raise_for_status()`.
         """
-        limit = self._limit(request, timeout)
-        ctx = current_context()
         started = time.perf_counter()
+        limit = self._limit_observed(request, timeout)
+        ctx = current_context()
         with otel.service_call(None if ctx is None else ctx.trace, self.service, request.path,
                                request.method) as span:
             build, trace_id = self._builder(request, limit, None if span is None else span.trace)
@@ -256,7 +256,7 @@ class ServiceClient:
                      on_reply: ReplyCallback | None = None, on_error: ErrorCallback | None = None,
                      idempotent: bool = False) -> bytes:
         """`send` for a ready-made `ServiceRequest`."""
-        limit = self._limit(request, timeout)
+        limit = self._limit_observed(request, timeout)
         on_reply = on_reply or self.on_reply
         ctx = current_context()
         span = otel.start_service_call(None if ctx is None else ctx.trace, self.service, request.path,
@@ -317,6 +317,18 @@ class ServiceClient:
             return None
 
         return replied, failed
+
+    def _limit_observed(self, request: ServiceRequest, timeout: float | None) -> float:
+        """`_limit`, reporting a call refused for want of time (the request it serves is past its deadline)."""
+        started = time.perf_counter()
+        try:
+            return self._limit(request, timeout)
+        except ServiceError as refused:
+            if observe.wanted(observe.CALLS):
+                ctx = current_context()
+                trace_id = request.traceparent[3:35] or (ctx.trace_id if ctx is not None else "")
+                self._observe(request, Call(request.path), trace_id, started, refused)
+            raise
 
     def _observing(self, request: ServiceRequest, call: Call, trace_id: str, on_reply: ReplyCallback | None,
                    on_error: ErrorCallback | None) -> tuple[ReplyCallback, ErrorCallback]:

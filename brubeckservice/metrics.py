@@ -22,6 +22,7 @@ they sign with the shared passphrase).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.registry import Collector
+
+log = logging.getLogger("brubeckservice.metrics")
 
 __all__ = ["WORKER_STATES", "LiveCollector", "disable", "enable", "serve_metrics"]
 
@@ -111,10 +114,16 @@ class LiveCollector:
         pending: Tally[str] = Tally()
         held: Tally[str] = Tally()
         for live in list(client.LIVE_CLIENTS):
+            try:
+                seen = [worker.state for worker in live.workers]
+                in_flight_here, queued_here = live.pending, live.queued
+            except Exception:  # one broken client must not cost every scrape
+                log.exception("metrics: cannot read %r; left out of this scrape", live)
+                continue
             tally = states.setdefault(live.service, Tally())
-            tally.update(worker.state for worker in live.workers)
-            pending[live.service] += live.pending
-            held[live.service] += live.queued
+            tally.update(seen)
+            pending[live.service] += in_flight_here
+            held[live.service] += queued_here
         for service, tally in states.items():
             for state in WORKER_STATES:
                 workers.add_metric([service, state], tally[state])

@@ -580,11 +580,13 @@ class ServiceConnection:
                 if span is not None and isinstance(response, ServiceResponse):
                     span.set_status_code(response.status_code)
             self.stats["served"] += 1
-            outcome = "deferred"
-            if response is not None:
-                status = getattr(response, "status_code", None)
+            if response is None:
+                outcome = "deferred"
+            else:
+                self.reply(request, response)  # (one that cannot be sent raises: reported as failed)
+                # What was sent: anything but a ServiceResponse went as a 500.
+                status = response.status_code if isinstance(response, ServiceResponse) else 500
                 outcome = "answered"
-                self.reply(request, response)
         except Cancelled as stopped:
             outcome = "cancelled"
             log.info("stopped request %r (%s %s), not answered: %s (trace %s)", request.msg_id, request.method,

@@ -41,13 +41,18 @@ def serve_web(application: Application, request: Any, ctx: RequestContext) -> An
     if otel.enabled():
         headers = request.headers
         received = parse_traceparent(header(headers, "traceparent"), header(headers, "tracestate"))
-    with otel.web_request(received, request.method, request.path, client_address=request.remote_addr) as span, \
-            ctx.entered():  # (the span ends outside: a processor that waits is not cancelled)
-        if span is not None:
-            ctx.trace = span.trace  # what the calls it makes carry on
-        response = application.handle(request)
-        if span is not None and response is not None:
-            span.set_status_code(_status_of(response))
+    try:
+        with otel.web_request(received, request.method, request.path, client_address=request.remote_addr) as span, \
+                ctx.entered():  # (the span ends outside: a processor that waits is not cancelled)
+            if span is not None:
+                ctx.trace = span.trace  # what the calls it makes carry on
+            response = application.handle(request)
+            if span is not None and response is not None:
+                span.set_status_code(_status_of(response))
+    except BaseException:  # (Cancelled: the browser left, or its deadline passed): reported unanswered
+        if observe.wanted(observe.WEB):
+            _report(request, None, ctx, started)
+        raise
     if observe.wanted(observe.WEB):
         _report(request, response, ctx, started)
     return response
@@ -55,21 +60,28 @@ def serve_web(application: Application, request: Any, ctx: RequestContext) -> An
 
 def _report(request: Any, response: Any, ctx: RequestContext, started: float) -> None:
     """Tell the observers of web exchanges (access log, metrics) how this one went."""
-    if response is None:
-        status = size = None
-    else:
+    status: int | None = None
+    size: int | None = None
+    if response is not None:
         status = _status_of(response)
-        size = len(response) if isinstance(response, bytes) else len(str(response).encode("utf-8"))
+        if isinstance(response, bytes):
+            size = len(response)
+        elif isinstance(response, str):
+            size = len(response.encode("utf-8"))  # (anything else goes as a 500 of its own)
     observe.report(observe.WEB, observe.WebExchange(
         method=request.method, path=request.path, route=ctx.route, status=status, size=size,
         duration=perf_counter() - started, remote=request.remote_addr, trace_id=ctx.trace_id))
 
 
 def _status_of(response: Any) -> int:
-    status = getattr(response, "status_code", None)  # an HTTPResponse says; other bytes are read
+    """The status a handler's response goes out with (what `http_bytes` sends: anything but bytes or str is
+    a 500)."""
+    if not isinstance(response, (bytes, str)):
+        return 500
+    status = getattr(response, "status_code", None)  # an HTTPResponse says; other responses are read
     if isinstance(status, int):
         return status
-    head = response[9:12] if isinstance(response, bytes) else b""
+    head = response[9:12]
     return int(head) if head.isdigit() else 500
 
 

@@ -13,10 +13,13 @@ import sys
 import textwrap
 from collections.abc import Iterator
 
+import gevent
 import pytest
+from gevent.pool import Pool
 
-from brubeck import logs
+from brubeck import logs, observe
 from brubeck.application import Brubeck
+from brubeck.context import current as current_context
 from brubeck.errors import ConfigurationError
 from brubeck.logs import JsonLinesFormatter
 from brubeck.transports.wsgi import WSGIConnection
@@ -215,3 +218,61 @@ def test_an_unknown_format_is_refused_when_the_app_is_built(monkeypatch: pytest.
     monkeypatch.setenv(logs.FORMAT_ENV, "xml")
     with pytest.raises(ConfigurationError, match="BRUBECK_LOG_FORMAT"):
         Brubeck(msg_conn=WSGIConnection(port=0))
+
+
+def test_a_response_that_is_no_http_is_logged_as_the_500_it_went_as(over_wsgi: Running, json_lines: Lines) -> None:
+    assert fetch("GET", over_wsgi.url + "/not-http").status_code == 500
+    (line,) = (json.loads(line) for line in json_lines.lines())
+    assert (line["route"], line["status"], line["size"]) == ("^/not-http$", 500, None)
+
+
+def test_a_request_cancelled_while_served_is_logged_unanswered(text_lines: Lines) -> None:
+    def gives_up(application: Brubeck, message: object) -> bytes:
+        ctx = current_context()
+        assert ctx is not None
+        ctx.cancel("the browser left")
+        gevent.sleep(0)  # (raises Cancelled here, where it waits)
+        raise AssertionError("not cancelled")
+
+    connection = WSGIConnection(port=0, host="127.0.0.1")
+    app = Brubeck(msg_conn=connection, handler_tuples=[(r"^/gives-up$", gives_up)], pool=Pool())
+    connection.start(app)
+    try:
+        # Its handler answered nothing; over WSGI the transport answers 503 itself (and logs it on its line).
+        assert fetch("GET", f"http://127.0.0.1:{connection.port}/gives-up", timeout=5).status_code == 503
+    finally:
+        app.close()
+    parsed = [WEB_LINE.fullmatch(line) for line in text_lines.lines()]
+    assert len(parsed) == 1 and parsed[0] is not None
+    assert (parsed[0]["path"], parsed[0]["status"], parsed[0]["size"]) == ("/gives-up", "-", "-")
+
+
+def test_what_a_client_sends_cannot_forge_fields(over_wsgi: Running, text_lines: Lines) -> None:
+    forged = "6.6.6.6 trace 00000000000000000000000000000000"
+    fetch("GET", over_wsgi.url + "/hello", headers={"X-Forwarded-For": forged})
+    (line,) = text_lines.lines()
+    match = WEB_LINE.fullmatch(line)
+    assert match is not None and match["remote"] == forged.replace(" ", "%20")
+    assert match["trace"] != "0" * 32
+
+
+def test_an_observer_whose_check_raises_costs_no_request(over_wsgi: Running,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> bool:
+        raise RuntimeError("check bug")
+
+    stop = observe.watch("web", lambda record: None, broken)
+    try:
+        with caplog.at_level(logging.ERROR, "brubeck.observe"):
+            assert fetch("GET", over_wsgi.url + "/hello").status_code == 200
+    finally:
+        stop()
+    assert any("check bug" in (record.exc_text or "") for record in caplog.records if record.name == "brubeck.observe")
+
+
+def test_a_silenced_access_logger_gets_no_record_built(over_wsgi: Running) -> None:
+    logs.WEB_LOG.setLevel(logging.WARNING)
+    try:
+        assert not observe.wanted(observe.WEB)  # (the metrics tests enable and disable their own)
+    finally:
+        logs.WEB_LOG.setLevel(logging.NOTSET)

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import gevent
 import pytest
+import zmq
 from prometheus_client import CollectorRegistry
 
 from brubeck import metrics as web_metrics
 from brubeck.testing import free_port
+from brubeckservice import client as client_module
 from brubeckservice import metrics
 from brubeckservice.client import ServiceClient
 from brubeckservice.errors import ServiceTimeout, ServiceUnavailable
@@ -218,3 +220,11 @@ def test_enabling_the_service_side_enables_the_web_side_into_the_same_registry()
     assert not [family for family in registry.collect() if family.name.startswith("brubeck")]
 
 
+
+
+def test_a_client_that_failed_to_build_is_not_listed_and_scrapes_go_on(metrics_url: str) -> None:
+    with pytest.raises(zmq.ZMQError):  # (libzmq refuses the address once the pool connects)
+        ServiceClient("tcp://127.0.0.1:notaport", None, PASSPHRASE)
+    assert all(hasattr(live, "pool") for live in client_module.LIVE_CLIENTS)
+    seen = scrape(metrics_url)  # (a half-built client listed made every scrape fail)
+    assert seen.value("brubeckservice_workers", service="tcp://127.0.0.1:notaport", state="alive") is None

@@ -61,7 +61,7 @@ def test_the_status_page_watches_the_demos_service(demo: RunningDemo, page: Page
     # One point a poll (one a second) while the chart is not full.
     page.wait_for_function(f"() => {chart_points()} >= {first + 3}", timeout=10_000)
     p50 = float(row.locator("td.latency").inner_text().split(" ms")[0])
-    assert DELAY * 1000 * 0.95 <= p50 < DELAY * 1000 * 1.8
+    assert p50 >= DELAY * 1000 * 0.95  # each call waited the service's delay (no upper bound: a busy machine)
     assert page.locator("[data-stat=replies] b").inner_text() == str(CALLS)
     assert page.locator("[data-stat=timeouts]").get_attribute("class") == "stat"  # none: not highlighted
     shot(page, "status")  # (and to $ARTIFACTS_DIR)
