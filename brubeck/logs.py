@@ -28,13 +28,13 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import IO, Any
 
 from brubeck import observe
 from brubeck.context import current as current_context
 from brubeck.errors import ConfigurationError
 
+INFO = logging.INFO
 WEB_LOG = logging.getLogger("brubeck.access")
 SERVED_LOG = logging.getLogger("brubeckservice.access")
 CALLS_LOG = logging.getLogger("brubeckservice.calls")
@@ -84,7 +84,10 @@ def log_call(call: observe.CallMade) -> None:
 
 
 def _at_info(logger: logging.Logger) -> Callable[[], bool]:
-    return partial(logger.isEnabledFor, logging.INFO)
+    def enabled() -> bool:
+        return logger.isEnabledFor(INFO)
+
+    return enabled
 
 
 observe.watch("web", log_web, _at_info(WEB_LOG))
