@@ -327,7 +327,7 @@ class ServiceClient:
             if observe.wanted(observe.CALLS):
                 ctx = current_context()
                 trace_id = request.traceparent[3:35] or (ctx.trace_id if ctx is not None else "")
-                self._observe(request, Call(request.path), trace_id, started, refused)
+                self._observe(request, None, trace_id, started, refused)
             raise
 
     def _observing(self, request: ServiceRequest, call: Call, trace_id: str, on_reply: ReplyCallback | None,
@@ -351,10 +351,11 @@ class ServiceClient:
 
         return replied, failed
 
-    def _observe(self, request: ServiceRequest, call: Call, trace_id: str, started: float,
+    def _observe(self, request: ServiceRequest, call: Call | None, trace_id: str, started: float,
                  ended: ServiceResponse | BaseException) -> None:
-        """Tell the observers of calls (brubeck.observe: the access log, metrics) how this one ended."""
-        held = call.worker or call.last_worker
+        """Tell the observers of calls (brubeck.observe: the access log, metrics) how this one ended (`call`:
+        None for one refused before it was made)."""
+        held = None if call is None else call.worker or call.last_worker
         worker = held.address if held is not None else ""
         if isinstance(ended, ServiceResponse):
             status, outcome, error = ended.status_code, "ok", ""

@@ -43,17 +43,16 @@ def register_service(application: Application, service_addr: str, service_respon
     services = registry(application)
     client = services.get(service_addr)
     if client is None:
-        app = application
-        options.setdefault("timeout", app.settings.get("service_timeout", DEFAULT_TIMEOUT))
-        options.setdefault("connect_timeout", app.settings.get("service_connect_timeout"))
+        options.setdefault("timeout", application.settings.get("service_timeout", DEFAULT_TIMEOUT))
+        options.setdefault("connect_timeout", application.settings.get("service_connect_timeout"))
         client = ServiceClient(service_addr, service_response_addr, passphrase,
-                               on_reply=lambda response: handle_reply(app, response), **options)
+                               on_reply=lambda response: handle_reply(application, response), **options)
         services[service_addr] = client
         # Brubeck apps take close hooks; an Application of another kind closes its clients itself.
         # The app's `service_close_timeout` setting says how long closing waits for calls still out.
-        on_close: Callable[[Callable[[], object]], object] | None = getattr(app, "on_close", None)
+        on_close: Callable[[Callable[[], object]], object] | None = getattr(application, "on_close", None)
         if on_close is not None:
-            on_close(partial(client.close, app.settings.get("service_close_timeout")))
+            on_close(partial(client.close, application.settings.get("service_close_timeout")))
         log.info("registered service at %s", service_addr)
     return client
 

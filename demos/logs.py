@@ -37,7 +37,7 @@ def pump(tag: str, stream: IO[str]) -> None:
 
 
 #: Paths whose requests are not echoed: the status page polls its data once a second.
-QUIET_PATHS = frozenset({b"/status", "/status"})  # (bytes as tnetstring reads them)
+QUIET_PATHS = frozenset({b"/status"})  # (as tnetstring reads a path: bytes)
 
 
 def access_line(line: str) -> str | None:

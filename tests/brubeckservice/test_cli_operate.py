@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,21 +166,28 @@ def test_status_of_a_wrong_passphrase_says_refused(shared: Service) -> None:
     assert "refuses our signature" in done.stdout and "wrong passphrase?" in done.stdout
 
 
-def test_status_watch_refreshes_until_ctrl_c(shared: Service, tmp_path: Path) -> None:
-    out_path = tmp_path / "watch.out"
+def watch_status(shared: Service, out_path: Path, refreshed: Callable[[], bool], *flags: str) -> str:
+    """Run `status --watch 0.2 [FLAGS]` into `out_path` until `refreshed()`, then Ctrl-C it: it must exit 0.
+    Returns what it wrote to stderr."""
     with out_path.open("w") as out:
         watching = subprocess.Popen([sys.executable, "-m", "brubeckservice", "status", shared.addresses[0],
-                                     "--watch", "0.2"], cwd=REPO, stdout=out, stderr=subprocess.PIPE, text=True,
-                                    env={**os.environ, "PYTHONPATH": str(REPO), PASSPHRASE_ENV: PASSPHRASE})
+                                     "--watch", "0.2", *flags], cwd=REPO, stdout=out, stderr=subprocess.PIPE,
+                                    text=True, env={**os.environ, "PYTHONPATH": str(REPO), PASSPHRASE_ENV: PASSPHRASE})
     try:
-        wait_for(lambda: out_path.read_text().count("2 of 2 workers alive") >= 2, "two refreshes",
-                 timeout=RUN_TIMEOUT, details=out_path.read_text)
+        wait_for(refreshed, "two refreshes", timeout=RUN_TIMEOUT, details=out_path.read_text)
         watching.send_signal(signal.SIGINT)
         assert watching.wait(RUN_TIMEOUT) == OK
     finally:
         if watching.poll() is None:
             watching.kill()
             watching.wait(RUN_TIMEOUT)
+    assert watching.stderr is not None
+    return watching.stderr.read()
+
+
+def test_status_watch_refreshes_until_ctrl_c(shared: Service, tmp_path: Path) -> None:
+    out_path = tmp_path / "watch.out"
+    errors = watch_status(shared, out_path, lambda: out_path.read_text().count("2 of 2 workers alive") >= 2)
     refreshes = out_path.read_text().split("-" * 40 + "\n")  # (not a terminal: a separator, no clearing)
     assert len(refreshes) >= 2
     for refresh in refreshes:
@@ -188,24 +195,12 @@ def test_status_watch_refreshes_until_ctrl_c(shared: Service, tmp_path: Path) ->
         assert re.fullmatch(r"\d\d:\d\d:\d\d, every 0.2 s \(Ctrl-C to stop\)", lines[0])
         assert lines[1].startswith("WORKER ") and lines[-1] == "2 of 2 workers alive"
     assert "\x1b" not in out_path.read_text()
-    assert watching.stderr is not None and watching.stderr.read() == ""
+    assert errors == ""
 
 
 def test_status_watch_json_prints_one_list_a_line(shared: Service, tmp_path: Path) -> None:
     out_path = tmp_path / "watch.jsonl"
-    with out_path.open("w") as out:
-        watching = subprocess.Popen([sys.executable, "-m", "brubeckservice", "status", shared.addresses[0],
-                                     "--watch", "0.2", "--json"], cwd=REPO, stdout=out, stderr=subprocess.DEVNULL,
-                                    env={**os.environ, "PYTHONPATH": str(REPO), PASSPHRASE_ENV: PASSPHRASE})
-    try:
-        wait_for(lambda: out_path.read_text().count("\n") >= 2, "two refreshes", timeout=RUN_TIMEOUT,
-                 details=out_path.read_text)
-        watching.send_signal(signal.SIGINT)
-        assert watching.wait(RUN_TIMEOUT) == OK
-    finally:
-        if watching.poll() is None:
-            watching.kill()
-            watching.wait(RUN_TIMEOUT)
+    watch_status(shared, out_path, lambda: out_path.read_text().count("\n") >= 2, "--json")
     for line in out_path.read_text().splitlines():
         assert sorted(w["address"] for w in json.loads(line)) == sorted(shared.addresses)
 
