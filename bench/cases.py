@@ -3,7 +3,8 @@
 A benchmark runs all of its variants (the library and its baselines) once per run, each against a freshly
 started server, in an order that alternates from run to run so a drift in the machine's load does not
 always favour the same side. Variant names: `brubeck` is the library (brubeckservice's `ServiceClient` and
-`ServiceConnection`, or a Brubeck app behind Mongrel2), `raw` the zmq.green floor, `zerorpc` zerorpc.
+`ServiceConnection`, or a Brubeck app behind Mongrel2), `plain`, `pipelined` and `floor` the plain pyzmq
+floors (blocking sockets, no gevent), `raw` the same loops over zmq.green with greenlets, `zerorpc` zerorpc.
 Benchmarks 7-10 (many workers: scale, detect, rolling, heartbeat-cost) are measured in bench/workers.py.
 """
 
@@ -126,8 +127,11 @@ class Target:
 
 # -- RPC benchmarks ----------------------------------------------------------------------------------------
 
-SERVER_OF = {"brubeck": "service", "raw": "raw-router", "zerorpc": "zerorpc"}
-CLIENT_OF = {"brubeck": "service", "raw": "raw", "zerorpc": "zerorpc"}
+#: The server and the client (bench.clients IMPL) of each RPC variant. `plain` (case 1) and `pipelined`
+#: (case 2) are the same plain pyzmq client, called one at a time or kept `concurrency` calls in flight.
+SERVER_OF = {"brubeck": "service", "plain": "plain-router", "pipelined": "plain-router", "raw": "raw-router",
+             "zerorpc": "zerorpc"}
+CLIENT_OF = {"brubeck": "service", "plain": "plain", "pipelined": "plain", "raw": "raw", "zerorpc": "zerorpc"}
 
 
 def _rpc(ctx: Context, variant: str, mode: str, *options: str, timeout: float = 900.0,
@@ -160,13 +164,13 @@ def _option(options: tuple[str, ...], name: str) -> int:
 
 def _sync(ctx: Context) -> dict[str, Figures]:
     s = ctx.settings
-    return ctx.each(["brubeck", "raw", "zerorpc"],
+    return ctx.each(["brubeck", "plain", "raw", "zerorpc"],
                     lambda v: _rpc(ctx, v, "sync", f"--calls={s.sync_calls}", f"--warmup={s.warmup}"))
 
 
 def _concurrent(ctx: Context) -> dict[str, Figures]:
     s = ctx.settings
-    return ctx.each(["brubeck", "raw", "zerorpc"],
+    return ctx.each(["brubeck", "pipelined", "raw", "zerorpc"],
                     lambda v: _rpc(ctx, v, "concurrent", f"--calls={s.concurrent_calls}", f"--warmup={s.warmup}",
                                    f"--concurrency={s.concurrency}"))
 
@@ -197,11 +201,15 @@ def _soak(ctx: Context) -> dict[str, Figures]:
 
 # -- HTTP through Mongrel2 ---------------------------------------------------------------------------------
 
-#: Handler process per HTTP variant: raw floor, Brubeck hello, Brubeck calling the echo service, and (for
-#: orientation) the raw floor of a handler calling a service: raw handler + raw-router, no greenlet per request.
-HANDLER_OF = {"raw": "raw-m2", "hello": "m2-hello", "service": "m2-service", "raw+call": "raw-m2-call"}
+#: Handler process per HTTP variant: raw floor, Brubeck hello, Brubeck calling the echo service, the floor
+#: of a handler calling a service (plain pyzmq, one zmq.Poller loop, no gevent: `floor`) and, for
+#: orientation, the same over zmq.green with two greenlets (`raw+call`), no greenlet per request either.
+HANDLER_OF = {"raw": "raw-m2", "hello": "m2-hello", "service": "m2-service", "raw+call": "raw-m2-call",
+              "floor": "floor-m2-call"}
 #: The service process behind the variants that call one.
-SERVICE_OF = {"service": "service", "raw+call": "raw-router"}
+SERVICE_OF = {"service": "service", "raw+call": "raw-router", "floor": "plain-router"}
+#: The HTTP variants, all up at once.
+HTTP_VARIANTS = ["hello", "service", "raw", "raw+call", "floor"]
 
 
 @dataclass
@@ -257,9 +265,8 @@ def _http(ctx: Context) -> dict[str, Figures]:
     order), so that a change in the machine's load during the run falls on all of them alike."""
     s = ctx.settings
     with ExitStack() as stack:
-        sites = ctx.each(["hello", "service", "raw", "raw+call"],
-                         lambda v: {"site": _start_site(ctx, stack, v)})
-        order = [v for v in ctx.ordered(["hello", "service", "raw", "raw+call"]) if v in sites]
+        sites = ctx.each(HTTP_VARIANTS, lambda v: {"site": _start_site(ctx, stack, v)})
+        order = [v for v in ctx.ordered(HTTP_VARIANTS) if v in sites]
         for index in range(s.wrk_slices):
             for variant in order if index % 2 == 0 else order[::-1]:
                 try:
@@ -284,13 +291,13 @@ def _http(ctx: Context) -> dict[str, Figures]:
 
 
 BENCHMARKS = (
-    Benchmark("sync", "1", "sync calls, one caller", ("brubeck", "raw", "zerorpc"),
+    Benchmark("sync", "1", "sync calls, one caller", ("brubeck", "plain", "raw", "zerorpc"),
               ("rate", "p50_us", "p99_us", "client_cpu_us", "server_cpu_us"), _sync),
-    Benchmark("concurrent", "2", "100 concurrent callers", ("brubeck", "raw", "zerorpc"),
+    Benchmark("concurrent", "2", "100 concurrent callers", ("brubeck", "pipelined", "raw", "zerorpc"),
               ("rate", "p50_us", "p99_us", "client_cpu_us", "server_cpu_us"), _concurrent),
     Benchmark("pipeline", "3", "nowait sends, replies counted", ("brubeck", "raw"),
               ("rate", "client_cpu_us", "server_cpu_us"), _pipeline),
-    Benchmark("http", "4-5", "HTTP via Mongrel2 (wrk, 50 conns)", ("hello", "service", "raw", "raw+call"),
+    Benchmark("http", "4-5", "HTTP via Mongrel2 (wrk, 50 conns)", tuple(HTTP_VARIANTS),
               ("rate", "p50_us", "p99_us", "errors", "server_cpu_us", "service_cpu_us"), _http),
     Benchmark("inflight", "6a", "RSS per in-flight call (10k held)", ("call", "send", "raw"),
               ("bytes_per_call",), _inflight),
@@ -307,15 +314,19 @@ BENCHMARKS = (
 )
 
 TARGETS = (
-    Target("sync", "brubeck", "rate", baseline="raw", minimum=0.8, label="1 sync vs raw"),
+    Target("sync", "brubeck", "rate", baseline="plain", minimum=0.8, label="1 sync vs plain pyzmq"),
     Target("sync", "brubeck", "rate", baseline="zerorpc", minimum=2.5, label="1 sync vs zerorpc"),
-    Target("concurrent", "brubeck", "rate", baseline="raw", minimum=0.8, label="2 x100 vs raw"),
+    Target("sync", "brubeck", "rate", baseline="raw", label="1 sync vs raw zmq.green (no target)"),
+    Target("concurrent", "brubeck", "rate", baseline="pipelined", minimum=0.5, label="2 x100 vs pipelined pyzmq"),
     Target("concurrent", "brubeck", "rate", baseline="zerorpc", minimum=3.0, label="2 x100 vs zerorpc"),
+    Target("concurrent", "brubeck", "rate", baseline="raw", label="2 x100 vs raw zmq.green (no target)"),
     Target("pipeline", "brubeck", "rate", baseline="raw", label="3 nowait vs raw (no target)"),
-    Target("http", "hello", "rate", baseline="raw", minimum=0.7, label="4 HTTP hello vs raw handler"),
-    Target("http", "service", "rate", baseline="raw", minimum=0.4, label="5 HTTP+service call vs raw handler"),
-    Target("http", "raw+call", "rate", baseline="raw", label="5 floor: raw+raw call vs raw (no target)"),
-    Target("http", "service", "rate", baseline="raw+call", label="5 HTTP+service vs its raw floor (no target)"),
+    Target("http", "hello", "rate", baseline="raw", minimum=0.85, label="4 HTTP hello vs raw handler"),
+    Target("http", "service", "rate", baseline="floor", minimum=0.6, label="5 HTTP+service call vs floor"),
+    Target("http", "service", "rate", baseline="raw", label="5 HTTP+service vs raw handler (no target)"),
+    Target("http", "floor", "rate", baseline="raw", label="5 floor vs raw handler (no target)"),
+    Target("http", "raw+call", "rate", baseline="raw", label="5 raw+call vs raw handler (no target)"),
+    Target("http", "service", "rate", baseline="raw+call", label="5 HTTP+service vs raw+call (no target)"),
     Target("inflight", "call", "bytes_per_call", maximum=10 * 1024, label="6 bytes per in-flight call()"),
     Target("inflight", "send", "bytes_per_call", maximum=10 * 1024, label="6 bytes per in-flight send()"),
     Target("soak", "brubeck", "growth_pct", maximum=5.0, label="6 RSS growth over the soak, %"),

@@ -1,16 +1,21 @@
 """The client side of the RPC benchmarks, one process per measurement: `python -m bench.clients IMPL MODE ADDR`.
 
-IMPL is what calls: `raw` (a zmq.green DEALER with msgspec.json, the floor), `service` (brubeckservice's
-`ServiceClient`) or `zerorpc`. MODE is the loop:
+IMPL is what calls: `plain` (a blocking pyzmq DEALER with msgspec.json, no gevent: the floor), `raw` (the
+same over zmq.green, with greenlets), `service` (brubeckservice's `ServiceClient`) or `zerorpc`. MODE is
+the loop:
 
     sync        one caller, sequential calls: calls/s, p50/p99 latency (`--heartbeat S`: the
                 ServiceClient's heartbeat, for benchmark 10)
-    concurrent  `--concurrency` greenlets calling in a loop: calls/s, p50/p99 latency
+    concurrent  `--concurrency` greenlets calling in a loop: calls/s, p50/p99 latency (`plain`: one thread,
+                one DEALER keeping `--concurrency` calls in flight, a new one sent per reply)
     pipeline    one greenlet sends `--calls` requests without waiting, replies are counted as they come
                 (`ServiceClient.send` with an on_reply callback; raw: a DEALER and a receiving greenlet)
     inflight    `--calls` calls held by the server, then released: RSS per in-flight call
                 (`--nowait`: `ServiceClient.send` instead of a greenlet per `call`)
     soak        warm up, then `--calls` calls with `--concurrency` in flight: RSS before/after, growth %
+
+`plain` has the sync and concurrent modes only. This module imports gevent and zmq.green (without monkey
+patching), but the plain client never touches either: its sockets are `zmq`'s, blocking in libzmq.
 
 The result is one JSON object on the last line of stdout. Latencies are in microseconds, RSS in bytes.
 """
@@ -28,6 +33,7 @@ from typing import Any, Protocol
 
 import gevent
 import msgspec
+import zmq as plain_zmq
 import zmq.green as zmq
 from gevent.event import AsyncResult, Event
 
@@ -56,6 +62,98 @@ class Caller(Protocol):
     def call(self) -> Any: ...
 
     def close(self) -> None: ...
+
+
+# -- plain pyzmq (no gevent) ----------------------------------------------------------------------------
+
+
+class PlainClient:
+    """The floor of cases 1 and 2: a blocking pyzmq DEALER, msgspec.json both ways, an id per call.
+
+    No gevent and no zmq.green: a call is send_multipart then recv_multipart, waiting in libzmq. A reply
+    that does not come within DEADLINE fails the call (RCVTIMEO) instead of hanging the run.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.context = plain_zmq.Context()
+        self.socket = self.context.socket(plain_zmq.DEALER)
+        self.socket.setsockopt(plain_zmq.LINGER, 0)
+        self.socket.setsockopt(plain_zmq.RCVTIMEO, int(DEADLINE * 1000))
+        self.socket.connect(address)
+        self._counter = 0
+
+    def next_id(self) -> bytes:
+        self._counter += 1
+        return b"c%x" % self._counter
+
+    def call(self) -> Any:
+        """One round trip: send [id, PAYLOAD as JSON], wait for the reply, check its id, decode its body."""
+        msg_id = self.next_id()
+        self.socket.send_multipart([msg_id, _encode(PAYLOAD)])
+        try:
+            reply_id, body = self.socket.recv_multipart()
+        except plain_zmq.Again:
+            raise RuntimeError(f"no reply to plain call {msg_id!r} in {DEADLINE:g}s") from None
+        if reply_id != msg_id:
+            raise RuntimeError(f"plain reply {reply_id!r} for call {msg_id!r}")
+        return _decode(body)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
+
+def run_pipelined(address: str, calls: int, warmup: int, concurrency: int) -> dict[str, float]:
+    """Case 2's floor: one thread, one blocking DEALER keeping `concurrency` calls in flight.
+
+    What 100 concurrent callers cost at the least: no greenlet, no waiter per call, only a table of send
+    times to match each reply to its call. Latency is from encoding a call to having decoded its reply, as
+    for the other clients' calls.
+    """
+    client = PlainClient(address)
+    _check_echo(client.call())
+    _keep_in_flight(client, warmup, concurrency, None)
+    latencies: array[int] = array("q")
+    cpu = time.process_time()
+    seconds = _keep_in_flight(client, calls, concurrency, latencies)
+    figures = _latency_figures(calls, seconds, time.process_time() - cpu, latencies)
+    figures["concurrency"] = concurrency
+    client.close()
+    return figures
+
+
+def _keep_in_flight(client: PlainClient, calls: int, concurrency: int, latencies: array[int] | None) -> float:
+    """Make `calls` calls, `concurrency` outstanding at a time (a new one sent for each reply received);
+    returns the seconds from the first send to the last reply."""
+    send = client.socket.send_multipart
+    recv = client.socket.recv_multipart
+    next_id = client.next_id
+    clock = time.perf_counter_ns
+    sent_at: dict[bytes, int] = {}
+    started = clock()
+    sent = min(concurrency, calls)
+    for _ in range(sent):
+        msg_id = next_id()
+        sent_at[msg_id] = clock()
+        send([msg_id, _encode(PAYLOAD)])
+    for _ in range(calls):
+        try:
+            reply_id, body = recv()
+        except plain_zmq.Again:
+            raise RuntimeError(f"replies stopped coming: {len(sent_at)} in flight for {DEADLINE:g}s") from None
+        _decode(body)
+        done = clock()
+        begun = sent_at.pop(reply_id, None)
+        if begun is None:
+            raise RuntimeError(f"plain reply {reply_id!r} matches no call in flight")
+        if latencies is not None:
+            latencies.append(done - begun)
+        if sent < calls:
+            sent += 1
+            msg_id = next_id()
+            sent_at[msg_id] = clock()
+            send([msg_id, _encode(PAYLOAD)])
+    return (clock() - started) / 1e9
 
 
 # -- raw zmq.green ------------------------------------------------------------------------------------------
@@ -156,6 +254,10 @@ class ZerorpcCaller:
 
 
 def make_caller(impl: str, address: str, sequential: bool, heartbeat: float | None = None) -> Caller:
+    if impl == "plain":
+        if not sequential:
+            raise ValueError("the plain client calls one at a time: its concurrent loop is run_pipelined")
+        return PlainClient(address)
     if impl == "raw":
         raw = RawClient(address)
         if sequential:
@@ -464,7 +566,7 @@ def run_soak(caller: Caller, calls: int, warmup: int, concurrency: int) -> dict[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.clients", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("impl", choices=["raw", "service", "zerorpc"])
+    parser.add_argument("impl", choices=["plain", "raw", "service", "zerorpc"])
     parser.add_argument("mode", choices=["sync", "concurrent", "pipeline", "inflight", "soak"])
     parser.add_argument("address")
     parser.add_argument("--calls", type=int, default=10_000)
@@ -476,9 +578,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.heartbeat is not None and (args.impl != "service" or args.mode in ("pipeline", "inflight")):
         parser.error("--heartbeat is for the service client's sync, concurrent and soak modes")
+    if args.impl == "plain" and args.mode not in ("sync", "concurrent"):
+        parser.error("the plain client has the sync and concurrent modes only")
 
     figures: dict[str, float]
-    if args.mode == "pipeline":
+    if args.impl == "plain" and args.mode == "concurrent":
+        figures = run_pipelined(args.address, args.calls, args.warmup, args.concurrency)
+    elif args.mode == "pipeline":
         figures = run_pipeline(args.impl, args.address, args.calls, args.warmup)
     elif args.mode == "inflight":
         figures = run_inflight(args.impl, args.address, args.calls, args.warmup, args.nowait)

@@ -92,6 +92,12 @@ def _fmt(metric: str, value: float) -> str:
     return f"{value:,.1f}"
 
 
+def _ratio(goal: float) -> str:
+    """A ratio target as written in the issue: 0.85, 2.5, 3.0 (one decimal at least, two when it has them)."""
+    text = f"{goal:.2f}".rstrip("0")
+    return f"{text}0" if text.endswith(".") else text
+
+
 def table(summaries: dict[str, dict[str, Any]], benchmarks: Sequence[Benchmark],
           verdicts: Sequence[dict[str, Any]], runs: int) -> str:
     lines: list[str] = []
@@ -120,7 +126,7 @@ def table(summaries: dict[str, dict[str, Any]], benchmarks: Sequence[Benchmark],
         value = verdict["value"]
         if verdict["baseline"] is not None:
             shown = f"{value:.2f}x"
-            goal = f">= {verdict['minimum']:.1f}x" if verdict["minimum"] is not None else ""
+            goal = f">= {_ratio(verdict['minimum'])}x" if verdict["minimum"] is not None else ""
         else:
             shown = _fmt(verdict["metric"], value)
             goal = f"<= {_fmt(verdict['metric'], verdict['maximum'])}" if verdict["maximum"] is not None else ""
@@ -168,8 +174,10 @@ def draw(path: Path, summaries: dict[str, dict[str, Any]], benchmarks: Sequence[
     rows = math.ceil(count / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.0 * rows), squeeze=False)
     flat = [ax for row in axes for ax in row]
+    # The library in blues, the plain pyzmq floors (targets' baselines) darkest grey, zmq.green paler.
     colours = {"brubeck": "#1f77b4", "hello": "#1f77b4", "service": "#6baed6", "call": "#1f77b4",
-               "send": "#6baed6", "raw": "#7f7f7f", "raw+call": "#bdbdbd", "zerorpc": "#ff7f0e"}
+               "send": "#6baed6", "plain": "#404040", "pipelined": "#404040", "floor": "#404040",
+               "raw": "#7f7f7f", "raw+call": "#bdbdbd", "zerorpc": "#ff7f0e"}
     for ax, benchmark in zip(flat, panels, strict=False):
         metric = benchmark.metrics[0]
         stats = summaries[benchmark.name]["variants"]
