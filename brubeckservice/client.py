@@ -29,6 +29,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import gevent
@@ -441,19 +442,34 @@ class ServiceClient:
             self._expiry_changed.set()  # the reaper sleeps until the earliest expiry: wake it sooner
         if not self.calls.waiting:  # (else this one must wait its turn: the queued ones go first)
             worker = self.pool.choose(call.kind == _REQ)
-            if worker is not None:
-                try:
-                    worker.channel.send(frames)  # type: ignore[union-attr]
-                except zmq.Again:
-                    pass  # its queue is full (ZMQ_SNDHWM), or its connection just went
-                except zmq.ZMQError as exc:
-                    raise self._refuse(msg_id, ServiceUnavailable(f"cannot send to {worker.address}: {exc}")) from None
-                else:
-                    self.calls.sent(msg_id, call, worker, now)
-                    self.stats["sent"] += 1
-                    return msg_id
+            if worker is not None and worker.channel is not None:
+                # Sent with the other requests of this turn of the loop: one wake-up of libzmq's I/O thread
+                # for them all. Counted sent now; one that finds the worker's queue full goes back to the
+                # front of the client's queue (`_unsent`).
+                worker.channel.send_soon(frames, partial(self._unsent, msg_id, call))
+                self.calls.sent(msg_id, call, worker, now)
+                self.stats["sent"] += 1
+                return msg_id
         self._queue(msg_id, call)
         return msg_id
+
+    def _unsent(self, msg_id: bytes, call: Call, frames: Sequence[bytes], error: zmq.ZMQError) -> None:
+        """A request `_submit` counted sent could not be queued when its channel flushed it: to the front of
+        the client's queue when the worker's queue was full (ZMQ_SNDHWM) or its connection just went, else
+        the call fails (ServiceUnavailable)."""
+        worker = call.worker
+        if not self.calls.unsent(msg_id, call):
+            return
+        self.stats["sent"] -= 1
+        if isinstance(error, zmq.Again) and not self._closing:
+            self.stats["queued"] += 1
+            if self._flusher is None:
+                self._flusher = gevent.spawn(self._flush)
+            return
+        self.calls.pop(msg_id)
+        self.stats["unavailable"] += 1
+        where = worker.address if worker is not None else self.pool.describe()
+        self._fail_call(call, ServiceUnavailable(f"cannot send to {where}: {error}"))
 
     def _queue(self, msg_id: bytes, call: Call) -> None:
         """Queue a call for a worker with room, or refuse it (raise) when it could not go anywhere soon."""

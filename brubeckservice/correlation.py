@@ -49,6 +49,23 @@ MAX_ATTEMPTS = 2
 
 NEW, WAITING, IN_FLIGHT, DONE = 0, 1, 2, 3
 
+#: os.urandom bytes read at a time for correlation ids: one getrandom() call per 512 ids, not one per id.
+_ENTROPY_CHUNK = 4096
+_entropy = bytearray()
+
+
+def _random_id() -> bytes:
+    """64 bits from os.urandom, as 16 hex digits (ascii). The buffer is thrown away in a forked child, so
+    that a child never hands out its parent's ids."""
+    if len(_entropy) < 8:
+        _entropy[:] = os.urandom(_ENTROPY_CHUNK)
+    msg_id = _entropy[-8:].hex().encode("ascii")
+    del _entropy[-8:]
+    return msg_id
+
+
+os.register_at_fork(after_in_child=_entropy.clear)
+
 
 class Target(Protocol):
     """Where calls go (a worker): the table keeps its count of calls in flight."""
@@ -148,7 +165,7 @@ class PendingCalls:
         peer that saw some ids cannot name another call's (an unsigned ERR with a guessed id could fail
         it), and ids stay unique across client restarts (an old reply never matches a new call)."""
         while True:
-            msg_id = os.urandom(8).hex().encode("ascii")
+            msg_id = _random_id()
             if msg_id not in self._calls:
                 return msg_id
 
@@ -204,6 +221,19 @@ class PendingCalls:
         call.attempts += 1
         call.sent_at = now
         worker.inflight += 1
+
+    def unsent(self, msg_id: bytes, call: Call) -> bool:
+        """A request counted `sent` to its worker did not leave after all (its queue was full when the
+        channel flushed it): it is in nobody's flight, first in the queue again. False when the call is no
+        longer in flight there (answered, expired, given up)."""
+        worker = call.worker
+        if call.state != IN_FLIGHT or worker is None or self._calls.get(msg_id) is not call:
+            return False
+        worker.inflight -= 1
+        call.worker = None
+        call.attempts -= 1
+        self.hold(msg_id, call, first=True)
+        return True
 
     # -- out of the table --------------------------------------------------------------------------
 

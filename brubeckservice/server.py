@@ -27,6 +27,7 @@ import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -644,18 +645,21 @@ class ServiceConnection:
             self._unread.add(peer)  # (see _await_settled)
         backlogs = self.backlogs
         if peer not in backlogs:
-            try:
-                self.channel.send(message)
-                return
-            except zmq.Again:
-                pass
-            except zmq.ZMQError as exc:
-                backlogs.dropped(1, str(exc))
-                return
-        if deadline is None or getcurrent() is get_hub():
+            # With the other replies of this turn of the loop (one wake-up of libzmq's I/O thread for all).
+            self.channel.send_soon(message, partial(self._unsent, peer, deadline))
+        elif deadline is None or getcurrent() is get_hub():
             backlogs.dropped(1, "the caller's queue is full")
         else:
             backlogs.add(peer, message, deadline)
+
+    def _unsent(self, peer: tuple[bytes, ...], deadline: int | None, message: Sequence[bytes],
+                error: zmq.ZMQError) -> None:
+        """A reply that could not be queued when flushed: it waits in the caller's backlog when it has a
+        deadline and the caller's queue is full; else (a PONG or ERR of the hub's, a caller gone) dropped."""
+        if isinstance(error, zmq.Again) and deadline is not None:
+            self.backlogs.add(peer, list(message), deadline)
+        else:
+            self.backlogs.dropped(1, "the caller's queue is full" if isinstance(error, zmq.Again) else str(error))
 
     # -- draining -------------------------------------------------------------------------------------
 

@@ -145,7 +145,8 @@ class Mongrel2Connection(WebConnection):
         ids = list(conn_ids)
         for start in range(0, len(ids), MAX_REPLY_TARGETS):
             # A PUB socket never blocks: at its high-water mark it drops, which Mongrel2 sees as no reply.
-            self._out.send((build_reply(sender, ids[start:start + MAX_REPLY_TARGETS], payload),))
+            # Sent with the other replies of this turn of the loop: one wake-up of libzmq's I/O thread.
+            self._out.send_soon((build_reply(sender, ids[start:start + MAX_REPLY_TARGETS], payload),))
 
     def send(self, uuid: str | bytes, conn_id: str | int, msg: bytes | str) -> None:
         """Brubeck 0.4 name: send `msg` to one connection."""

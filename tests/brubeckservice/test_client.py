@@ -711,3 +711,54 @@ def test_a_client_that_never_learned_the_new_passphrase_drops_the_replies_signed
         with pytest.raises(ServiceTimeout):
             pair.client.call("/echo", timeout=0.5)
         assert pair.client.stats["forged"] >= 1  # counted and logged as replies that failed verification
+
+
+def test_requests_a_full_worker_queue_refused_wait_in_the_client_and_all_go_once_it_reads() -> None:
+    # A worker with room for every call (its PONG says so) whose queue in ZeroMQ fills up (it reads
+    # nothing for a while): the requests sent in one turn of the loop that did not fit wait in the client,
+    # first in the queue, and each is delivered once when it reads again. None fails.
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    address = f"inproc://full-{os.getpid()}-{time.monotonic_ns()}"
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.RCVHWM, 10)
+    router.bind(address)
+    signer = Signer(PASSPHRASE)
+    client = ServiceClient(address, None, PASSPHRASE, context=context, heartbeat=60, max_queued=10_000)
+    replies: Queue = Queue()
+    try:
+        pinged = gevent.spawn(client.ping)  # its PONG tells the client the worker's capacity
+        assert _next_request(router, signer, capacity=100_000)[1].kind == envelope.PING
+        assert pinged.get(timeout=WAIT)["capacity"] == 100_000
+        ids = [client.send("/echo", arguments={"n": n}, on_reply=replies.put) for n in range(3_000)]
+        wait_until(lambda: client.stats["queued"] > 0, "requests queued in the client: the worker's queue is full")
+        seen: list[bytes] = []
+        while len(seen) < len(ids):
+            routing, env = _next_request(router, signer, capacity=100_000)
+            if env.kind != envelope.REQ:
+                continue
+            seen.append(env.msg_id)
+            router.send_multipart([*routing, *envelope.build_reply(
+                signer, env.msg_id, ServiceResponse(status_code=200, status_msg="OK", path="/echo", body={}),
+                now_ms())])
+        assert sorted(seen) == sorted(ids) and len(set(seen)) == len(ids)  # each once
+        got = {replies.get(timeout=WAIT).msg_id for _ in ids}
+        assert got == set(ids)
+        assert client.stats["unavailable"] == 0 and client.pending == 0
+    finally:
+        client.close(timeout=0)
+        router.close(linger=0)
+        context.destroy(linger=0)
+
+
+def _next_request(router: zmq.Socket[bytes], signer: Signer, capacity: int) -> tuple[list[bytes], Any]:
+    """The next message from the client; its heartbeats are answered (a worker with `capacity`)."""
+    while True:
+        assert router.poll(int(WAIT * 1000)), "the client sent nothing"
+        routing, frames = envelope.split_routing(router.recv_multipart())
+        env = envelope.parse_envelope(frames)
+        if env.kind == envelope.PING:
+            router.send_multipart([*routing, *envelope.build_pong(signer, env.msg_id, now_ms(),
+                                                                   {"capacity": capacity})])
+            if env.msg_id.startswith(b"hb-"):
+                continue
+        return routing, env

@@ -162,3 +162,38 @@ def test_a_call_is_outstanding_until_it_leaves() -> None:
     assert b"1" in calls
     calls.pop(b"1")
     assert b"1" not in calls
+
+
+def test_a_call_that_did_not_leave_after_all_is_first_in_the_queue_and_in_no_flight() -> None:
+    calls, worker = PendingCalls(), FakeWorker()
+    queued, unlucky = Call("/queued"), Call("/unlucky")
+    calls.add(b"q", queued)
+    calls.hold(b"q", queued)
+    calls.add(b"u", unlucky)
+    calls.sent(b"u", unlucky, worker, now=0.0)
+    assert calls.unsent(b"u", unlucky)
+    assert worker.inflight == 0 and unlucky.worker is None and unlucky.attempts == 0
+    assert calls.waiting == 2
+    assert calls.first_waiting() == (b"u", unlucky)
+    calls.pop(b"u")
+    assert not calls.unsent(b"u", unlucky)  # gone (answered, expired, given up): nothing to undo
+    assert calls.first_waiting() == (b"q", queued)
+
+
+def test_a_forked_child_never_issues_its_parents_next_ids() -> None:
+    import os
+
+    calls = PendingCalls()
+    calls.new_id()  # the parent has ids buffered
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.write(write, b"".join(PendingCalls().new_id() for _ in range(4)))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 4 * 16)
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = b"".join(calls.new_id() for _ in range(4))
+    assert len(child) == 64 and child != parent
+    assert not {child[i:i + 16] for i in range(0, 64, 16)} & {parent[i:i + 16] for i in range(0, 64, 16)}

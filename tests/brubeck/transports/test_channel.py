@@ -212,3 +212,41 @@ def test_the_source_of_each_message_is_its_connections_descriptor(tmp_path: obje
         dealer.close(linger=0)
         channel.close(linger=0)
         context.destroy(linger=0)
+
+
+def test_send_soon_sends_with_the_turn_of_the_loop_and_keeps_order_with_send(
+        context: zmq.Context[zmq.Socket[bytes]]) -> None:
+    a, b = pair(context)
+    received: Queue = Queue()
+    receiver = Channel(b, received.put)
+    sender = Channel(a)
+    sender.send_soon([b"1"])
+    sender.send_soon([b"2", b"two"])
+    assert b.poll(0) == 0  # not yet: queued for this turn of the loop
+    sender.send([b"3"])  # what was queued goes first
+    sender.send_soon([b"4"])
+    got = [received.get(timeout=WAIT) for _ in range(4)]  # (waiting lets the hub flush)
+    assert got == [[b"1"], [b"2", b"two"], [b"3"], [b"4"]]
+    sender.close(linger=0)
+    receiver.close(linger=0)
+
+
+def test_a_message_send_soon_cannot_send_goes_to_its_unsent_callback_with_the_error(
+        context: zmq.Context[zmq.Socket[bytes]]) -> None:
+    dealer = context.socket(zmq.DEALER)  # no peer: every send is EAGAIN
+    channel = Channel(dealer)
+    unsent: Queue = Queue()
+    channel.send_soon([b"lost"], lambda frames, error: unsent.put((list(frames), type(error))))
+    channel.send_soon([b"dropped"])  # without a callback: logged, and the next still goes to its own
+    channel.send_soon([b"also"], lambda frames, error: unsent.put((list(frames), type(error))))
+    assert unsent.get(timeout=WAIT) == ([b"lost"], zmq.Again)
+    assert unsent.get(timeout=WAIT) == ([b"also"], zmq.Again)
+    channel.close(linger=0)
+
+
+def test_close_sends_what_send_soon_queued(context: zmq.Context[zmq.Socket[bytes]]) -> None:
+    a, b = pair(context)
+    sender = Channel(a)
+    sender.send_soon([b"last words"])
+    sender.close(linger=1000)
+    assert b.poll(int(WAIT * 1000)) and b.recv_multipart() == [b"last words"]
