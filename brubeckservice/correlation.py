@@ -224,15 +224,18 @@ class PendingCalls:
 
     def unsent(self, msg_id: bytes, call: Call) -> bool:
         """A request counted `sent` to its worker did not leave after all (its queue was full when the
-        channel flushed it): it is in nobody's flight, first in the queue again. False when the call is no
-        longer in flight there (answered, expired, given up)."""
+        channel flushed it): it is in nobody's flight, and queued behind the calls waiting already (those
+        were queued while it sat in the channel's outbox, which means later). Its frames are dropped: it is
+        built anew when sent, with a new sequence number (a service takes them in increasing order). False
+        when the call is no longer in flight there (answered, expired, given up)."""
         worker = call.worker
         if call.state != IN_FLIGHT or worker is None or self._calls.get(msg_id) is not call:
             return False
         worker.inflight -= 1
         call.worker = None
         call.attempts -= 1
-        self.hold(msg_id, call, first=True)
+        call.frames = None
+        self.hold(msg_id, call)
         return True
 
     # -- out of the table --------------------------------------------------------------------------

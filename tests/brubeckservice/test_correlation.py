@@ -164,20 +164,24 @@ def test_a_call_is_outstanding_until_it_leaves() -> None:
     assert b"1" not in calls
 
 
-def test_a_call_that_did_not_leave_after_all_is_first_in_the_queue_and_in_no_flight() -> None:
+def test_a_call_that_did_not_leave_after_all_is_queued_again_in_no_flight_to_be_built_anew() -> None:
     calls, worker = PendingCalls(), FakeWorker()
     queued, unlucky = Call("/queued"), Call("/unlucky")
     calls.add(b"q", queued)
     calls.hold(b"q", queued)
     calls.add(b"u", unlucky)
+    unlucky.frames = [b"built with an old sequence number"]
     calls.sent(b"u", unlucky, worker, now=0.0)
     assert calls.unsent(b"u", unlucky)
     assert worker.inflight == 0 and unlucky.worker is None and unlucky.attempts == 0
+    assert unlucky.frames is None  # built anew when it goes
     assert calls.waiting == 2
+    assert calls.first_waiting() == (b"q", queued)
+    calls.pop(b"q")
     assert calls.first_waiting() == (b"u", unlucky)
     calls.pop(b"u")
     assert not calls.unsent(b"u", unlucky)  # gone (answered, expired, given up): nothing to undo
-    assert calls.first_waiting() == (b"q", queued)
+    assert calls.first_waiting() is None
 
 
 def test_a_forked_child_never_issues_its_parents_next_ids() -> None:
