@@ -75,6 +75,10 @@ DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_CLOSE_TIMEOUT = 5.0
 #: Calls that may wait in the client for a worker with room; past it, calls fail at once.
 DEFAULT_MAX_QUEUED = 1000
+#: A call waiting in the client is built anew (a new sequence number) when this many requests were numbered
+#: since it was built: a service refuses a number 1024 or more below the highest it has seen from the
+#: session (docs/protocol.md, replay), and calls queued or put back behind others may leave out of order.
+REORDER_SLACK = 512
 #: How often queued messages look again at a live connection whose queue is full. ZeroMQ raises no event for
 #: room, and tells a writer of it only once the reader has taken half the queue: the other half keeps the
 #: connection busy far longer than this.
@@ -401,10 +405,11 @@ class ServiceClient:
         """The call's message: the one built when it was submitted while still fresh, else built anew (a
         fresh timestamp for the service's replay window)."""
         frames = call.frames
-        if frames is None or time.monotonic() - call.built_at > self.window_ms / 4000:
+        if (frames is None or time.monotonic() - call.built_at > self.window_ms / 4000
+                or self._seq - call.seq >= REORDER_SLACK):
             assert call.build is not None
             frames = call.frames = call.build(msg_id)
-            call.built_at = time.monotonic()
+            call.built_at, call.seq = time.monotonic(), self._seq
         return frames
 
     def _wait(self, call: Call, timeout: float) -> Any:
@@ -433,6 +438,7 @@ class ServiceClient:
         msg_id = self.calls.new_id()
         assert call.build is not None
         frames = call.frames = call.build(msg_id)  # built once: sent now, or kept for when it is sent
+        call.seq = self._seq
         size = sum(map(len, frames))
         if size > self.max_message_size:
             raise RequestTooLarge(f"request of {size} bytes exceeds max_message_size {self.max_message_size}")

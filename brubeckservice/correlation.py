@@ -77,7 +77,7 @@ class Call:
     """One outstanding call: a waiter (sync) or callbacks (nowait), and where it is in its life."""
 
     __slots__ = ("attempts", "build", "built_at", "frames", "idempotent", "kind", "last_worker", "on_error",
-                 "on_reply", "path", "sent_at", "slot", "state", "waiter", "worker")
+                 "on_reply", "path", "sent_at", "seq", "slot", "state", "waiter", "worker")
 
     def __init__(self, path: str, waiter: Waiter | AsyncResult | None = None,
                  on_reply: ReplyCallback | None = None,
@@ -96,6 +96,7 @@ class Call:
         self.last_worker: Any = None  # where it was in flight last, once it is no longer (for reports)
         self.frames: list[bytes] | None = None  # built once for the size check, reused when sent soon after
         self.built_at = 0.0
+        self.seq = 0  # the sequence number its frames carry (the client's count when they were built)
         self.sent_at = 0.0
         self.slot: int | None = None
 
@@ -225,16 +226,15 @@ class PendingCalls:
     def unsent(self, msg_id: bytes, call: Call) -> bool:
         """A request counted `sent` to its worker did not leave after all (its queue was full when the
         channel flushed it): it is in nobody's flight, and queued behind the calls waiting already (those
-        were queued while it sat in the channel's outbox, which means later). Its frames are dropped: it is
-        built anew when sent, with a new sequence number (a service takes them in increasing order). False
-        when the call is no longer in flight there (answered, expired, given up)."""
+        were queued while it sat in the channel's outbox, which means later). It keeps its frames (the
+        client builds them anew when their sequence number has fallen too far behind). False when the call
+        is no longer in flight there (answered, expired, given up)."""
         worker = call.worker
         if call.state != IN_FLIGHT or worker is None or self._calls.get(msg_id) is not call:
             return False
         worker.inflight -= 1
         call.worker = None
         call.attempts -= 1
-        call.frames = None
         self.hold(msg_id, call)
         return True
 
