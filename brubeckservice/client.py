@@ -452,9 +452,9 @@ class ServiceClient:
                 # Sent with the other requests of this turn of the loop: one wake-up of libzmq's I/O thread
                 # for them all. Counted sent now; one that finds the worker's queue full goes back to the
                 # front of the client's queue (`_unsent`).
-                worker.channel.send_soon(frames, partial(self._unsent, msg_id, call))
-                self.calls.sent(msg_id, call, worker, now)
+                self.calls.sent(msg_id, call, worker, now)  # (first: a full outbox sends, and may put it back)
                 self.stats["sent"] += 1
+                worker.channel.send_soon(frames, partial(self._unsent, msg_id, call))
                 return msg_id
         self._queue(msg_id, call)
         return msg_id

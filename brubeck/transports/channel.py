@@ -50,6 +50,8 @@ _backend_get = BackendSocket.get
 
 #: Messages `_drain` reads before yielding to the event loop, so a flood cannot starve timers and I/O.
 BATCH = 256
+#: Messages `Channel.send_soon` holds at most: at this many it sends them at once.
+OUTBOX_MAX = 64
 
 OnMessage = Callable[[list[bytes]], None]
 #: What `Channel.send_soon` calls with a message it could not send, and why.
@@ -136,6 +138,8 @@ class Channel:
         outbox.append((frames, unsent))
         if len(outbox) == 1:
             self._loop.run_callback(self.flush)
+        elif len(outbox) >= OUTBOX_MAX:
+            self.flush()  # (a burst of this many shares the wake-up as well; more would only hold memory)
 
     def flush(self) -> None:
         """Send what `send_soon` queued, now."""

@@ -250,3 +250,18 @@ def test_close_sends_what_send_soon_queued(context: zmq.Context[zmq.Socket[bytes
     sender.send_soon([b"last words"])
     sender.close(linger=1000)
     assert b.poll(int(WAIT * 1000)) and b.recv_multipart() == [b"last words"]
+
+
+def test_send_soon_sends_at_once_when_its_outbox_is_full(context: zmq.Context[zmq.Socket[bytes]]) -> None:
+    from brubeck.transports.channel import OUTBOX_MAX
+
+    a, b = pair(context)
+    sender = Channel(a)
+    for n in range(OUTBOX_MAX):
+        sender.send_soon([b"%d" % n])
+    # No turn of the loop has passed: what went is what a full outbox sent by itself.
+    got = []
+    while b.poll(0):
+        got.append(b.recv_multipart())
+    assert got == [[b"%d" % n] for n in range(OUTBOX_MAX)]
+    sender.close(linger=0)
