@@ -75,10 +75,6 @@ DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_CLOSE_TIMEOUT = 5.0
 #: Calls that may wait in the client for a worker with room; past it, calls fail at once.
 DEFAULT_MAX_QUEUED = 1000
-#: A call waiting in the client is built anew (a new sequence number) when this many requests were numbered
-#: since it was built: a service refuses a number 1024 or more below the highest it has seen from the
-#: session (docs/protocol.md, replay), and calls queued or put back behind others may leave out of order.
-REORDER_SLACK = 512
 #: How often queued messages look again at a live connection whose queue is full. ZeroMQ raises no event for
 #: room, and tells a writer of it only once the reader has taken half the queue: the other half keeps the
 #: connection busy far longer than this.
@@ -149,6 +145,7 @@ class ServiceClient:
         self.calls = PendingCalls()
         self.session = os.urandom(8).hex()
         self._seq = 0
+        self._sent_seq = 0  # the highest number handed to a worker's channel
         self._own_context = context is None
         self.context = context if context is not None else zmq.Context()
         self._closing = False  # close() began: no new calls
@@ -405,8 +402,10 @@ class ServiceClient:
         """The call's message: the one built when it was submitted while still fresh, else built anew (a
         fresh timestamp for the service's replay window)."""
         frames = call.frames
+        # (numbers leave in increasing order, docs/protocol.md §5: frames numbered before a request that
+        # has left already, e.g. a call put back behind the queue by `_unsent`, are numbered anew)
         if (frames is None or time.monotonic() - call.built_at > self.window_ms / 4000
-                or self._seq - call.seq >= REORDER_SLACK):
+                or call.seq <= self._sent_seq):
             assert call.build is not None
             frames = call.frames = call.build(msg_id)
             call.built_at, call.seq = time.monotonic(), self._seq
@@ -454,6 +453,7 @@ class ServiceClient:
                 # front of the client's queue (`_unsent`).
                 self.calls.sent(msg_id, call, worker, now)  # (first: a full outbox sends, and may put it back)
                 self.stats["sent"] += 1
+                self._sent_seq = call.seq
                 worker.channel.send_soon(frames, partial(self._unsent, msg_id, call))
                 return msg_id
         self._queue(msg_id, call)
@@ -533,6 +533,7 @@ class ServiceClient:
                     continue
                 calls.sent(msg_id, call, worker, time.monotonic())
                 self.stats["sent"] += 1
+                self._sent_seq = max(self._sent_seq, call.seq)
             while not self._closed:  # no connection came within the connect timeout, or every worker refuses us
                 first = calls.first_waiting()
                 if first is None:

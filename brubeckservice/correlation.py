@@ -227,8 +227,8 @@ class PendingCalls:
         """A request counted `sent` to its worker did not leave after all (its queue was full when the
         channel flushed it): it is in nobody's flight, and queued behind the calls waiting already (those
         were queued while it sat in the channel's outbox, which means later). It keeps its frames (the
-        client builds them anew when their sequence number has fallen too far behind). False when the call
-        is no longer in flight there (answered, expired, given up)."""
+        client numbers them anew if a later-numbered request leaves first). False when the call is no
+        longer in flight there (answered, expired, given up)."""
         worker = call.worker
         if call.state != IN_FLIGHT or worker is None or self._calls.get(msg_id) is not call:
             return False

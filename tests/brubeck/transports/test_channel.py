@@ -265,3 +265,19 @@ def test_send_soon_sends_at_once_when_its_outbox_is_full(context: zmq.Context[zm
         got.append(b.recv_multipart())
     assert got == [[b"%d" % n] for n in range(OUTBOX_MAX)]
     sender.close(linger=0)
+
+
+def test_asking_whether_a_message_waits_between_drains_does_not_lose_it(
+        context: zmq.Context[zmq.Socket[bytes]]) -> None:
+    # Asking (ZMQ_EVENTS) processes libzmq's commands and may consume the FD's edge for a message that
+    # just arrived: the channel must still deliver it (the service's sweeper asks between drains).
+    a, b = pair(context)
+    received: Queue = Queue()
+    receiver = Channel(b, received.put)
+    assert received.empty() and not receiver.readable()
+    gevent.sleep(0)  # (the first drain, scheduled by start, has run: nothing is due)
+    for n in range(3):
+        a.send(b"%d" % n)  # (inproc: its command is in the receiver's mailbox now)
+        assert receiver.readable()  # ... and processed here, in this greenlet, between drains
+        assert received.get(timeout=WAIT) == [b"%d" % n]
+    receiver.close(linger=0)
